@@ -1,0 +1,197 @@
+//! Layers, heads and the whole network.
+
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use crate::wave::{combine, imaginary_part};
+use crate::{Error, Head, ModelConfig, Pooling, PositionEncoding, ToReal};
+
+/// One wave layer: two projections → complex representation → combination → real features →
+/// `LayerNorm(h + FFN(h))`.
+#[derive(Debug)]
+struct WaveLayer {
+    proj_u: nn::Linear,
+    proj_v: nn::Linear,
+    to_real: Option<nn::Linear>,
+    ffn_in: nn::Linear,
+    ffn_out: nn::Linear,
+    norm: nn::LayerNorm,
+}
+
+impl WaveLayer {
+    fn new(p: &nn::Path, cfg: &ModelConfig) -> WaveLayer {
+        let d = cfg.d_model as i64;
+        let hidden = cfg.ffn_hidden() as i64;
+        WaveLayer {
+            proj_u: nn::linear(p / "proj_u", d, d, Default::default()),
+            proj_v: nn::linear(p / "proj_v", d, d, Default::default()),
+            to_real: match cfg.to_real {
+                ToReal::Concat => Some(nn::linear(p / "to_real", 2 * d, d, Default::default())),
+                ToReal::Magnitude => None,
+            },
+            ffn_in: nn::linear(p / "ffn_in", d, hidden, Default::default()),
+            ffn_out: nn::linear(p / "ffn_out", hidden, d, Default::default()),
+            norm: nn::layer_norm(p / "norm", vec![d], Default::default()),
+        }
+    }
+
+    /// `x`: `(B, T, D)`; `mask`: `(B, T, 1)` in x's kind. Returns `(B, T, D)`.
+    fn forward(&self, x: &Tensor, mask: &Tensor, cfg: &ModelConfig) -> Tensor {
+        let causal = cfg.head == Head::CausalLm;
+        // Mask after the projection: the bias would otherwise put padding into the norms.
+        let u = self.proj_u.forward(x) * mask;
+        let v = self.proj_v.forward(x) * mask;
+        let s_u = imaginary_part(&u, causal, cfg.eps);
+        let s_v = imaginary_part(&v, causal, cfg.eps);
+        let (re, im) = combine(cfg.mode, &u, &s_u, &v, &s_v);
+        let h = match &self.to_real {
+            Some(linear) => linear.forward(&Tensor::cat(&[re, im], -1).to_kind(x.kind())),
+            None => (re.square() + im.square() + cfg.eps).sqrt().to_kind(x.kind()),
+        };
+        let ffn = self.ffn_out.forward(&self.ffn_in.forward(&h).gelu("none"));
+        self.norm.forward(&(h + ffn))
+    }
+}
+
+/// Sinusoidal table `(n, d)` of Vaswani et al.
+fn sinusoidal_table(n: i64, d: i64, device: tch::Device) -> Tensor {
+    let pos = Tensor::arange(n, (Kind::Float, device)).unsqueeze(1);
+    let i = Tensor::arange(d, (Kind::Float, device));
+    // Pairs of features share a frequency: 10000^(-2 floor(i/2) / d).
+    let exponent = (i.divide_scalar_mode(2.0, "floor") * 2.0) / (d as f64);
+    let inv_freq = (exponent * -(10000f64.ln())).exp().unsqueeze(0);
+    let angles = pos * inv_freq;
+    let even = Tensor::arange(d, (Kind::Int64, device)).remainder(2).eq(0);
+    angles.sin().where_self(&even, &angles.cos())
+}
+
+#[derive(Debug)]
+enum Position {
+    None,
+    Learned(nn::Embedding),
+    Sinusoidal(Tensor),
+}
+
+#[derive(Debug)]
+enum OutputHead {
+    Classifier(nn::Linear),
+    /// Transform, then logits against the (tied) token embedding plus a bias.
+    Tokens { transform: nn::Linear, norm: nn::LayerNorm, bias: Tensor },
+}
+
+/// A Wave Network: embedding, position encoding, stacked wave layers, one head.
+#[derive(Debug)]
+pub struct WaveNetwork {
+    cfg: ModelConfig,
+    token_embedding: nn::Embedding,
+    position: Position,
+    layers: Vec<WaveLayer>,
+    head: OutputHead,
+}
+
+impl WaveNetwork {
+    /// Builds the network's variables under `p` (validates `cfg` first).
+    pub fn new(p: &nn::Path, cfg: &ModelConfig) -> Result<WaveNetwork, Error> {
+        cfg.validate()?;
+        let d = cfg.d_model as i64;
+        // PyTorch's nn.Embedding default init, N(0, 1), so the Python peer in bench/ matches.
+        let emb_cfg = nn::EmbeddingConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: 1.0 }, ..Default::default() };
+        let token_embedding = nn::embedding(p / "token_embedding", cfg.vocab_size as i64, d, emb_cfg);
+        let position = match cfg.position {
+            PositionEncoding::None => Position::None,
+            PositionEncoding::Learned => {
+                Position::Learned(nn::embedding(p / "position_embedding", cfg.max_positions as i64, d, emb_cfg))
+            }
+            PositionEncoding::Sinusoidal => {
+                Position::Sinusoidal(sinusoidal_table(cfg.max_positions as i64, d, p.device()))
+            }
+        };
+        let layers = (0..cfg.n_layers).map(|i| WaveLayer::new(&(p / "layers" / i), cfg)).collect();
+        let head = match cfg.head {
+            Head::Classification => {
+                OutputHead::Classifier(nn::linear(p / "classifier", d, cfg.num_classes as i64, Default::default()))
+            }
+            Head::MaskedLm | Head::CausalLm => {
+                let hp = p / "lm_head";
+                OutputHead::Tokens {
+                    transform: nn::linear(&hp / "transform", d, d, Default::default()),
+                    norm: nn::layer_norm(&hp / "norm", vec![d], Default::default()),
+                    bias: hp.zeros("bias", &[cfg.vocab_size as i64]),
+                }
+            }
+        };
+        Ok(WaveNetwork { cfg: cfg.clone(), token_embedding, position, layers, head })
+    }
+
+    /// The configuration the network was built from.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn check_inputs(&self, ids: &Tensor, mask: &Tensor) -> Result<(), Error> {
+        let (shape, mshape) = (ids.size(), mask.size());
+        if shape.len() != 2 || shape != mshape {
+            return Err(Error::BadInput(format!("ids {shape:?} and mask {mshape:?} must both be (batch, tokens)")));
+        }
+        if self.cfg.position != PositionEncoding::None && shape[1] as usize > self.cfg.max_positions {
+            return Err(Error::BadInput(format!(
+                "{} tokens exceed model.max_positions = {}",
+                shape[1], self.cfg.max_positions
+            )));
+        }
+        Ok(())
+    }
+
+    /// Token features `(B, T, D)` for ids `(B, T)` (int64) and mask `(B, T)` (1 = real token).
+    pub fn encode(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor, Error> {
+        self.check_inputs(ids, mask)?;
+        let t = ids.size()[1];
+        let mut x = self.token_embedding.forward(ids);
+        match &self.position {
+            Position::None => {}
+            Position::Learned(table) => {
+                x = x + table.forward(&Tensor::arange(t, (Kind::Int64, ids.device()))).unsqueeze(0)
+            }
+            Position::Sinusoidal(table) => {
+                let kind = x.kind();
+                x = x + table.narrow(0, 0, t).unsqueeze(0).to_kind(kind)
+            }
+        }
+        let m = mask.to_kind(x.kind()).unsqueeze(-1);
+        x = x * &m;
+        for layer in &self.layers {
+            x = (&x + layer.forward(&x, &m, &self.cfg).dropout(self.cfg.dropout, train)) * &m;
+        }
+        Ok(x)
+    }
+
+    /// Pooled features `(B, D)`: masked mean, or the first token. Fully masked rows give zeros.
+    pub fn pool(&self, features: &Tensor, mask: &Tensor) -> Tensor {
+        match self.cfg.pooling {
+            Pooling::First => features.select(1, 0),
+            Pooling::Mean => {
+                let m = mask.to_kind(features.kind()).unsqueeze(-1);
+                let count = m.sum_dim_intlist(&[1i64][..], false, None::<Kind>).clamp_min(1.0);
+                (features * m).sum_dim_intlist(&[1i64][..], false, None::<Kind>) / count
+            }
+        }
+    }
+
+    /// Class logits `(B, C)`. Errors if the network has no classification head.
+    pub fn classify(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor, Error> {
+        let OutputHead::Classifier(classifier) = &self.head else {
+            return Err(Error::BadInput("classify() needs model.head = \"classification\"".into()));
+        };
+        let pooled = self.pool(&self.encode(ids, mask, train)?, mask);
+        Ok(classifier.forward(&pooled.dropout(self.cfg.dropout, train)))
+    }
+
+    /// Vocabulary logits `(B, T, V)` from the head tied to the token embedding.
+    pub fn token_logits(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor, Error> {
+        let OutputHead::Tokens { transform, norm, bias } = &self.head else {
+            return Err(Error::BadInput("token_logits() needs a masked_lm or causal_lm head".into()));
+        };
+        let h = norm.forward(&transform.forward(&self.encode(ids, mask, train)?).gelu("none"));
+        Ok(h.matmul(&self.token_embedding.ws.tr()) + bias)
+    }
+}
