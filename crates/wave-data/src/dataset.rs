@@ -1,0 +1,271 @@
+//! [`Dataset`]: an opened manifest plus its object store, and row-group reads with column projection.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int32Type, Int64Type};
+use arrow_array::{Array, Int64Array, ListArray, RecordBatch, StringArray};
+use arrow_schema::DataType;
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
+use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::ProjectionMask;
+use parquet::file::metadata::ParquetMetaData;
+
+use crate::error::{Error, Result};
+use crate::manifest::{sha256_hex, Manifest, Shard, IDS_COLUMN, LABEL_COLUMN, MANIFEST_FILE, TEXT_COLUMN};
+use crate::store::{block_on, Location, ObjectReader};
+
+/// An opened dataset: its manifest and the store it lives in. Cheap to clone.
+#[derive(Clone)]
+pub struct Dataset {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    loc: Location,
+    manifest: Manifest,
+    footers: Mutex<HashMap<String, Arc<ParquetMetaData>>>,
+}
+
+/// A row group's place in a split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowGroupRef {
+    /// Shard index within the split.
+    pub shard: usize,
+    /// Row group index within the shard.
+    pub row_group: usize,
+    /// Dataset row index (within the split) of its first row.
+    pub first_row: u64,
+    /// Rows.
+    pub rows: u64,
+}
+
+/// Which columns to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Columns {
+    /// `text`.
+    pub text: bool,
+    /// `label`.
+    pub label: bool,
+    /// `input_ids`.
+    pub ids: bool,
+}
+
+/// The decoded columns of one row group.
+#[derive(Debug, Clone)]
+pub struct RowGroupData {
+    /// URI of the shard (for messages).
+    pub shard_uri: String,
+    /// Dataset row index of the first row.
+    pub first_row: u64,
+    /// `text` column when read.
+    pub text: Option<StringArray>,
+    /// `label` column when read.
+    pub label: Option<Int64Array>,
+    /// `input_ids` column when read.
+    pub ids: Option<ListArray>,
+}
+
+impl RowGroupData {
+    /// Token ids of row `i` (pre-tokenized data).
+    pub fn ids_of(&self, i: usize) -> Option<&[i32]> {
+        let l = self.ids.as_ref()?;
+        let off = l.value_offsets();
+        let vals = l.values().as_primitive::<Int32Type>().values();
+        vals.get(off[i] as usize..off[i + 1] as usize)
+    }
+
+    /// Length used for bucketing: token count when pre-tokenized, else text bytes.
+    pub fn length_of(&self, i: usize) -> usize {
+        match (&self.ids, &self.text) {
+            (Some(_), _) => self.ids_of(i).map_or(0, <[i32]>::len),
+            (None, Some(t)) => t.value(i).len(),
+            _ => 0,
+        }
+    }
+}
+
+impl std::fmt::Debug for Dataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataset").field("uri", &self.uri()).field("fingerprint", &self.fingerprint()).finish()
+    }
+}
+
+impl Dataset {
+    /// Open the dataset whose root (holding `manifest.json`) is `uri`.
+    pub fn open(uri: &str) -> Result<Dataset> {
+        let loc = Location::parse(uri, false)?;
+        let bytes = loc.get(MANIFEST_FILE)?;
+        let manifest = Manifest::from_json(&bytes, &loc.uri_of(MANIFEST_FILE))?;
+        Ok(Dataset { inner: Arc::new(Inner { loc, manifest, footers: Mutex::new(HashMap::new()) }) })
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.inner.manifest
+    }
+
+    /// The dataset root URI.
+    pub fn uri(&self) -> &str {
+        &self.inner.loc.uri
+    }
+
+    /// Rows of a split; the error names the split and lists the available ones.
+    pub fn split_rows(&self, split: &str) -> Result<u64> {
+        self.split(split).map(|s| s.rows)
+    }
+
+    pub(crate) fn split(&self, split: &str) -> Result<&crate::manifest::Split> {
+        self.inner.manifest.splits.get(split).ok_or_else(|| Error::MissingSplit {
+            location: self.uri().to_string(),
+            split: split.to_string(),
+            available: self.inner.manifest.splits.keys().cloned().collect(),
+        })
+    }
+
+    /// Number of classes (label names), for labelled data.
+    pub fn num_classes(&self) -> Option<usize> {
+        self.inner.manifest.label_names.as_ref().map(Vec::len)
+    }
+
+    /// The dataset fingerprint recorded in the manifest (checked against its content at open).
+    pub fn fingerprint(&self) -> &str {
+        &self.inner.manifest.fingerprint
+    }
+
+    /// Row groups of a split in storage order.
+    pub fn row_groups(&self, split: &str) -> Result<Vec<RowGroupRef>> {
+        let mut out = Vec::new();
+        let mut first_row = 0;
+        for (si, shard) in self.split(split)?.shards.iter().enumerate() {
+            for (ri, &rows) in shard.row_groups.iter().enumerate() {
+                out.push(RowGroupRef { shard: si, row_group: ri, first_row, rows });
+                first_row += rows;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Footer of a shard, read once and checked against the manifest (size, row groups, rows).
+    async fn footer(&self, shard: &Shard) -> Result<Arc<ParquetMetaData>> {
+        if let Some(m) = self.inner.footers.lock().ok().and_then(|g| g.get(&shard.path).cloned()) {
+            return Ok(m);
+        }
+        let loc = &self.inner.loc;
+        let uri = loc.uri_of(&shard.path);
+        let path = loc.path(&shard.path);
+        let head = loc.store.head(&path).await.map_err(|e| Error::Store { uri: uri.clone(), source: e })?;
+        if head.size != shard.bytes {
+            return Err(Error::manifest(&uri, format!("shard is {} bytes but the manifest says {}", head.size, shard.bytes)));
+        }
+        let mut reader = ObjectReader::new(loc.store.clone(), path, shard.bytes, None);
+        let meta = parquet::arrow::async_reader::AsyncFileReader::get_metadata(&mut reader, None)
+            .await
+            .map_err(|e| Error::Parquet { uri: uri.clone(), source: e })?;
+        let rgs: Vec<u64> = meta.row_groups().iter().map(|r| r.num_rows() as u64).collect();
+        if rgs != shard.row_groups {
+            return Err(Error::manifest(&uri, format!("shard row groups {rgs:?} differ from the manifest's {:?}", shard.row_groups)));
+        }
+        if let Ok(mut g) = self.inner.footers.lock() {
+            g.insert(shard.path.clone(), Arc::clone(&meta));
+        }
+        Ok(meta)
+    }
+
+    /// Read one row group of a split with column projection (blocking).
+    pub fn read_row_group(&self, split: &str, rg: RowGroupRef, cols: Columns) -> Result<RowGroupData> {
+        block_on(self.read_row_group_async(split, rg, cols))?
+    }
+
+    /// Read several row groups concurrently (blocking).
+    pub fn read_row_groups(&self, split: &str, rgs: &[RowGroupRef], cols: Columns) -> Result<Vec<RowGroupData>> {
+        block_on(async {
+            futures::stream::iter(rgs.iter().map(|rg| self.read_row_group_async(split, *rg, cols)))
+                .buffered(4)
+                .try_collect::<Vec<_>>()
+                .await
+        })?
+    }
+
+    async fn read_row_group_async(&self, split: &str, rg: RowGroupRef, cols: Columns) -> Result<RowGroupData> {
+        let shard = self
+            .split(split)?
+            .shards
+            .get(rg.shard)
+            .ok_or_else(|| Error::manifest(self.uri(), format!("split {split:?} has no shard {}", rg.shard)))?;
+        let uri = self.inner.loc.uri_of(&shard.path);
+        let meta = self.footer(shard).await?;
+        let reader = ObjectReader::new(self.inner.loc.store.clone(), self.inner.loc.path(&shard.path), shard.bytes, Some(meta));
+        let pq = |e| Error::Parquet { uri: uri.clone(), source: e };
+        let builder = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(pq)?;
+        let schema = builder.schema().clone();
+        let mut roots = Vec::new();
+        for (want, name, ty) in [
+            (cols.text, TEXT_COLUMN, "utf8"),
+            (cols.label, LABEL_COLUMN, "int64"),
+            (cols.ids, IDS_COLUMN, "list<int32>"),
+        ] {
+            if !want {
+                continue;
+            }
+            let (idx, field) = schema
+                .column_with_name(name)
+                .ok_or_else(|| Error::Schema { uri: uri.clone(), column: name.into(), msg: "is missing from the shard".into() })?;
+            let ok = match ty {
+                "utf8" => field.data_type() == &DataType::Utf8,
+                "int64" => field.data_type() == &DataType::Int64,
+                _ => matches!(field.data_type(), DataType::List(f) if f.data_type() == &DataType::Int32),
+            };
+            if !ok {
+                return Err(Error::Schema { uri: uri.clone(), column: name.into(), msg: format!("has type {}, expected {ty}", field.data_type()) });
+            }
+            roots.push(idx);
+        }
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+        let stream = builder
+            .with_row_groups(vec![rg.row_group])
+            .with_projection(mask)
+            .with_batch_size(rg.rows.max(1) as usize)
+            .build()
+            .map_err(pq)?;
+        let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(pq)?;
+        let batch = match batches.len() {
+            1 => batches.into_iter().next(),
+            _ => None,
+        };
+        let batch = batch.ok_or_else(|| Error::manifest(&uri, format!("row group {} decoded to an unexpected number of batches", rg.row_group)))?;
+        if batch.num_rows() as u64 != rg.rows {
+            return Err(Error::manifest(&uri, format!("row group {} holds {} rows, manifest says {}", rg.row_group, batch.num_rows(), rg.rows)));
+        }
+        let col = |name: &str| batch.column_by_name(name).cloned();
+        let text = col(TEXT_COLUMN).and_then(|a| a.as_string_opt::<i32>().cloned());
+        let label = col(LABEL_COLUMN).and_then(|a| a.as_primitive_opt::<Int64Type>().cloned());
+        let ids = col(IDS_COLUMN).and_then(|a| a.as_list_opt::<i32>().cloned());
+        for (name, present) in [(LABEL_COLUMN, label.as_ref().map(|a| a.null_count())), (TEXT_COLUMN, text.as_ref().map(|a| a.null_count()))] {
+            if present.unwrap_or(0) > 0 {
+                return Err(Error::Schema { uri: uri.clone(), column: name.into(), msg: "contains nulls".into() });
+            }
+        }
+        Ok(RowGroupData { shard_uri: uri, first_row: rg.first_row, text, label, ids })
+    }
+
+    /// Recompute every shard's SHA-256 and compare with the manifest. Returns the checked shard
+    /// URIs; the first mismatch (or missing shard) is an error naming it.
+    pub fn verify(&self) -> Result<Vec<String>> {
+        let mut done = Vec::new();
+        for split in self.inner.manifest.splits.values() {
+            for shard in &split.shards {
+                let uri = self.inner.loc.uri_of(&shard.path);
+                let bytes = self.inner.loc.get(&shard.path)?;
+                let actual = sha256_hex(&bytes);
+                if actual != shard.sha256 {
+                    return Err(Error::Checksum { uri, expected: format!("sha256:{}", shard.sha256), actual: format!("sha256:{actual}") });
+                }
+                done.push(uri);
+            }
+        }
+        Ok(done)
+    }
+}

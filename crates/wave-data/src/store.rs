@@ -1,0 +1,232 @@
+//! Object-store access: URI parsing, a shared blocking runtime, and the Parquet
+//! [`AsyncFileReader`] over `Arc<dyn ObjectStore>`.
+//!
+//! Locations: a plain path or `file://` (local disk), `s3://bucket/prefix` (endpoint, region and
+//! credentials from the standard `AWS_*` variables such as `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`,
+//! `AWS_ALLOW_HTTP`), `gs://bucket/prefix` (`GOOGLE_*`), `az://container/prefix` (`AZURE_*`), and
+//! read-only `http(s)://`. Requests use bounded retries ([`retry_config`]) so an unreachable endpoint
+//! fails within seconds instead of hanging.
+
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+
+use crate::error::{Error, Result};
+
+/// The runtime behind the crate's blocking API (two I/O worker threads, created on first use).
+/// Do not call the blocking API from inside another Tokio runtime's async context.
+pub(crate) fn runtime() -> Result<&'static tokio::runtime::Runtime> {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    if let Some(rt) = RT.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("wave-data-io")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("tokio runtime", e))?;
+    Ok(RT.get_or_init(|| rt))
+}
+
+/// Run a future to completion on the crate runtime.
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
+    Ok(runtime()?.block_on(f))
+}
+
+/// Bounded retries: 3 attempts within 20 s, so a dead endpoint is reported quickly.
+pub fn retry_config() -> RetryConfig {
+    RetryConfig {
+        backoff: object_store::BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            base: 2.0,
+        },
+        max_retries: 3,
+        retry_timeout: Duration::from_secs(20),
+    }
+}
+
+/// A dataset root: a store plus a prefix inside it.
+#[derive(Debug, Clone)]
+pub struct Location {
+    /// The store.
+    pub store: Arc<dyn ObjectStore>,
+    /// Prefix of the dataset root inside the store (empty for a local root).
+    pub prefix: Path,
+    /// The root as a display string (no trailing slash), used in messages.
+    pub uri: String,
+}
+
+impl Location {
+    /// Parse a URI or path. With `create`, a missing local directory is created (for outputs).
+    pub fn parse(uri: &str, create: bool) -> Result<Location> {
+        let bad = |msg: String| Error::Uri { uri: uri.to_string(), msg };
+        let trimmed = uri.trim_end_matches('/');
+        if trimmed.is_empty() {
+            return Err(bad("empty location".into()));
+        }
+        let scheme = trimmed.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        let local = match scheme.as_deref() {
+            None => Some(std::path::PathBuf::from(trimmed)),
+            Some("file") => {
+                let u = url::Url::parse(trimmed).map_err(|e| bad(e.to_string()))?;
+                Some(u.to_file_path().map_err(|()| bad("not a local file URL".into()))?)
+            }
+            _ => None,
+        };
+        if let Some(dir) = local {
+            if create {
+                std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            }
+            if !dir.is_dir() {
+                return Err(bad(format!("local directory {} does not exist", dir.display())));
+            }
+            let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                .map_err(|e| Error::Store { uri: uri.to_string(), source: e })?;
+            return Ok(Location { store: Arc::new(store), prefix: Path::default(), uri: trimmed.to_string() });
+        }
+        let url = url::Url::parse(trimmed).map_err(|e| bad(e.to_string()))?;
+        let store_err = |e| Error::Store { uri: uri.to_string(), source: e };
+        let store: Arc<dyn ObjectStore> = match url.scheme() {
+            "s3" | "s3a" => Arc::new(
+                object_store::aws::AmazonS3Builder::from_env().with_url(trimmed).with_retry(retry_config()).build().map_err(store_err)?,
+            ),
+            "gs" => Arc::new(
+                object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_url(trimmed)
+                    .with_retry(retry_config())
+                    .build()
+                    .map_err(store_err)?,
+            ),
+            "az" | "abfs" | "abfss" | "azure" | "adl" => Arc::new(
+                object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_url(trimmed)
+                    .with_retry(retry_config())
+                    .build()
+                    .map_err(store_err)?,
+            ),
+            "http" | "https" => {
+                let base = format!("{}://{}", url.scheme(), url.authority());
+                let store = object_store::http::HttpBuilder::new()
+                    .with_url(base)
+                    .with_retry(retry_config())
+                    .with_client_options(object_store::ClientOptions::new().with_allow_http(true))
+                    .build()
+                    .map_err(store_err)?;
+                return Ok(Location { store: Arc::new(store), prefix: Path::from(url.path().trim_matches('/')), uri: trimmed.to_string() });
+            }
+            other => return Err(bad(format!("unsupported scheme {other:?} (use a path, file://, s3://, gs://, az:// or http(s)://)"))),
+        };
+        let prefix = Path::from(url.path().trim_matches('/'));
+        Ok(Location { store, prefix, uri: trimmed.to_string() })
+    }
+
+    /// Store path of `rel` (a `/`-separated path relative to the root).
+    pub fn path(&self, rel: &str) -> Path {
+        let mut p = self.prefix.clone();
+        for part in rel.split('/').filter(|s| !s.is_empty()) {
+            p = p.clone().join(part);
+        }
+        p
+    }
+
+    /// Display URI of `rel`.
+    pub fn uri_of(&self, rel: &str) -> String {
+        format!("{}/{}", self.uri, rel)
+    }
+
+    /// Read a whole object.
+    pub fn get(&self, rel: &str) -> Result<Bytes> {
+        let path = self.path(rel);
+        let store = Arc::clone(&self.store);
+        block_on(async move { store.get(&path).await?.bytes().await })?
+            .map_err(|e| Error::Store { uri: self.uri_of(rel), source: e })
+    }
+
+    /// Size of an object, or `None` when it does not exist.
+    pub fn size(&self, rel: &str) -> Result<Option<u64>> {
+        let path = self.path(rel);
+        let store = Arc::clone(&self.store);
+        match block_on(async move { store.head(&path).await })? {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Error::Store { uri: self.uri_of(rel), source: e }),
+        }
+    }
+
+    /// Write a whole object (local files: temp name + rename, done by `LocalFileSystem`).
+    pub fn put(&self, rel: &str, bytes: Vec<u8>) -> Result<()> {
+        let path = self.path(rel);
+        let store = Arc::clone(&self.store);
+        block_on(async move { store.put(&path, PutPayload::from(bytes)).await })?
+            .map(|_| ())
+            .map_err(|e| Error::Store { uri: self.uri_of(rel), source: e })
+    }
+
+    /// Delete an object; a missing object is not an error.
+    pub fn delete(&self, rel: &str) -> Result<()> {
+        let path = self.path(rel);
+        let store = Arc::clone(&self.store);
+        match block_on(async move { store.delete(&path).await })? {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::Store { uri: self.uri_of(rel), source: e }),
+        }
+    }
+}
+
+/// Parquet reader over one object: ranged GETs through object_store, with the footer optionally
+/// supplied from a cache so each row-group read costs only its own column chunks.
+pub struct ObjectReader {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    size: u64,
+    metadata: Option<Arc<ParquetMetaData>>,
+}
+
+impl ObjectReader {
+    /// A reader of `path`, whose size is `size` bytes (from the manifest or a HEAD request).
+    pub fn new(store: Arc<dyn ObjectStore>, path: Path, size: u64, metadata: Option<Arc<ParquetMetaData>>) -> Self {
+        ObjectReader { store, path, size, metadata }
+    }
+}
+
+fn external(e: object_store::Error) -> ParquetError {
+    ParquetError::External(Box::new(e))
+}
+
+impl AsyncFileReader for ObjectReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move { self.store.get_range(&self.path, range).await.map_err(external) }.boxed()
+    }
+
+    fn get_byte_ranges(&mut self, ranges: Vec<Range<u64>>) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move { self.store.get_ranges(&self.path, &ranges).await.map_err(external) }.boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            if let Some(m) = &self.metadata {
+                return Ok(Arc::clone(m));
+            }
+            let size = self.size;
+            let m = Arc::new(ParquetMetaDataReader::new().with_prefetch_hint(Some(64 * 1024)).load_and_finish(&mut *self, size).await?);
+            self.metadata = Some(Arc::clone(&m));
+            Ok(m)
+        }
+        .boxed()
+    }
+}
