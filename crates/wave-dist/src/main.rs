@@ -1,0 +1,178 @@
+//! `wave-dist`: train Wave Network language models from one CPU to many GPUs.
+//!
+//! The binary is a thin edge: it parses the command line, sets up logging and hands over to the
+//! library crates (`wave-train`, `wave-data`, `wave-plot`). Errors become one readable line on
+//! stderr and exit code 1.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use wave_train::JobConfig;
+
+mod data_cmd;
+
+/// Train and evaluate Wave Network language models (arXiv 2411.02674) with data parallelism.
+///
+/// Local debugging (one process, CPU):  wave-dist train --config configs/smoke.toml
+/// Paper recipe on IMDB:                wave-dist train --config configs/imdb.toml
+#[derive(Parser)]
+#[command(name = "wave-dist", version, verbatim_doc_comment)]
+struct Cli {
+    /// Log filter (tracing-subscriber syntax, e.g. `info`, `wave_train=debug`).
+    #[arg(long, global = true, env = "WAVE_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model as the config says; prints a JSON summary as the last stdout line.
+    Train(TrainArgs),
+    /// Evaluate trained weights on a split; prints a JSON result.
+    Eval(EvalArgs),
+    /// Data sets: fetch archives, prepare Parquet shards, inspect them.
+    #[command(subcommand)]
+    Data(data_cmd::DataCommand),
+    /// Tokenizers: train a WordPiece or BPE vocabulary.
+    #[command(subcommand)]
+    Tokenizer(data_cmd::TokenizerCommand),
+    /// Write PNG curves (loss, accuracy, throughput) from a run folder's metrics.jsonl.
+    Plot(PlotArgs),
+}
+
+/// Options shared by the commands that read a job config.
+#[derive(Args)]
+struct ConfigArgs {
+    /// Job config (TOML): [model], [data], [train], [checkpoint] sections.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Override one config key, e.g. `--set train.max_steps=100` (repeatable; values are TOML).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Device: cpu, cuda or cuda:N (shorthand for --set train.device=...).
+    #[arg(long)]
+    device: Option<String>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> Result<JobConfig> {
+        let mut overrides = self.overrides.clone();
+        if let Some(device) = &self.device {
+            overrides.push(format!("train.device=\"{device}\""));
+        }
+        Ok(JobConfig::load(&self.config, &overrides)?)
+    }
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// A finished run folder: uses its config.toml and model.safetensors.
+    #[arg(long, value_name = "DIR", conflicts_with = "config")]
+    run: Option<PathBuf>,
+    /// Job config (TOML), with --weights.
+    #[arg(long, value_name = "FILE", requires = "weights")]
+    config: Option<PathBuf>,
+    /// Model weights (safetensors) to evaluate, with --config.
+    #[arg(long, value_name = "FILE")]
+    weights: Option<PathBuf>,
+    /// Split to evaluate (default: the config's data.eval_split).
+    #[arg(long)]
+    split: Option<String>,
+    /// Override one config key (repeatable), e.g. `--set data.uri=...`.
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long)]
+    device: Option<String>,
+}
+
+#[derive(Args)]
+struct PlotArgs {
+    /// Run folder holding metrics.jsonl.
+    run_dir: PathBuf,
+    /// Where to write the PNGs (default: the run folder).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    let line = serde_json::to_string(value)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn train(args: TrainArgs) -> Result<()> {
+    let cfg = args.config.load()?;
+    let summary = wave_train::train(&cfg)?;
+    print_json(&summary)
+}
+
+fn eval(args: EvalArgs) -> Result<()> {
+    let (config, weights) = match (&args.run, &args.config) {
+        (Some(run), _) => (run.join("config.toml"), run.join("model.safetensors")),
+        (None, Some(config)) => (config.clone(), args.weights.clone().context("--weights is required with --config")?),
+        (None, None) => bail!("give --run DIR, or --config FILE --weights FILE"),
+    };
+    let mut overrides = args.overrides.clone();
+    if let Some(device) = &args.device {
+        overrides.push(format!("train.device=\"{device}\""));
+    }
+    let cfg = JobConfig::load(&config, &overrides)?;
+    let split = args.split.clone().unwrap_or_else(|| cfg.data.eval_split.clone());
+    let (result, params) = wave_train::evaluate_run(&cfg, &weights, &split)?;
+    print_json(&serde_json::json!({
+        "event": "eval", "split": split, "loss": result.loss, "accuracy": result.accuracy,
+        "samples": result.samples, "params": params,
+    }))
+}
+
+fn plot(args: PlotArgs) -> Result<()> {
+    let report = wave_plot::plot_run(&args.run_dir, args.out.as_deref())?;
+    for path in &report.written {
+        println!("wrote {}", path.display());
+    }
+    for reason in &report.skipped {
+        println!("skipped: {reason}");
+    }
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+    let result = match cli.command {
+        Command::Train(args) => train(args),
+        Command::Eval(args) => eval(args),
+        Command::Data(cmd) => data_cmd::run_data(cmd),
+        Command::Tokenizer(cmd) => data_cmd::run_tokenizer(cmd),
+        Command::Plot(args) => plot(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Helpers shared by the CLI tests: the binary, the shared data folder, a prepared smoke data set.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The workspace root (two levels above this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+}
+
+/// `$WAVE_SHARED_DATA`, default `<workspace>/../shared/data`. Absent: panics under `CI=true`,
+/// otherwise prints what is missing and returns None so the test can skip.
+pub fn shared_data() -> Option<PathBuf> {
+    let dir = std::env::var_os("WAVE_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("../shared/data"));
+    if dir.join("mirror/ag_news_csv.tgz").is_file() {
+        return Some(dir);
+    }
+    let msg = format!("shared test data not found at {} (set WAVE_SHARED_DATA)", dir.display());
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{msg}");
+    }
+    eprintln!("SKIP: {msg}");
+    None
+}
+
+/// Runs the wave-dist binary from the workspace root.
+pub fn wave_dist(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wave-dist"))
+        .args(args)
+        .current_dir(workspace_root())
+        .env("WAVE_LOG", "info")
+        .output()
+        .expect("run wave-dist")
+}
+
+/// Asserts success and returns stdout.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "wave-dist failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Asserts a clean failure (exit code 1 or 2, no panic) whose stderr mentions every `needle`.
+pub fn fails_naming(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success; stderr:\n{stderr}");
+    assert!(matches!(out.status.code(), Some(1) | Some(2)), "exit code {:?}; stderr:\n{stderr}", out.status.code());
+    assert!(!stderr.contains("panicked"), "panicked:\n{stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "stderr should name {needle:?}:\n{stderr}");
+    }
+}
+
+/// AG News' test split (the only AG News split offline), prepared once per test process.
+pub fn agnews_test_split() -> Option<&'static Path> {
+    static DIR: OnceLock<Option<(tempfile::TempDir, PathBuf)>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let data = shared_data()?;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let out = tmp.path().join("agnews-test");
+        let archive = data.join("mirror/ag_news_csv.tgz");
+        ok(&wave_dist(&[
+            "data",
+            "prepare",
+            "--format",
+            "agnews",
+            "--splits",
+            "test",
+            "--input",
+            archive.to_str().expect("utf-8 path"),
+            "--out",
+            out.to_str().expect("utf-8 path"),
+        ]));
+        Some((tmp, out))
+    })
+    .as_ref()
+    .map(|(_, p)| p.as_path())
+}
+
+/// Parses the JSON summary on the last stdout line.
+pub fn summary(stdout: &str) -> serde_json::Value {
+    let last = stdout.lines().last().expect("stdout has a last line");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"))
+}
+
+/// The `loss` of every `kind = "train"` line of a run's metrics.jsonl.
+pub fn train_losses(run_dir: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .expect("metrics.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json line"))
+        .filter(|v| v["kind"] == "train")
+        .map(|v| (v["step"].as_u64().expect("step"), v["loss"].as_f64().expect("loss")))
+        .collect()
+}

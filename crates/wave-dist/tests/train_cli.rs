@@ -1,0 +1,122 @@
+//! `wave-dist train`, `eval` and `plot` as a user runs them.
+
+mod common;
+
+use common::*;
+
+fn smoke_args<'a>(data: &'a str, run_dir: &'a str, extra: &[&'a str]) -> Vec<String> {
+    let mut args: Vec<String> = ["train", "--config", "configs/smoke.toml", "--set"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.push(format!("data.uri={data:?}"));
+    args.push("--set".into());
+    args.push(format!("train.run_dir={run_dir:?}"));
+    for e in extra {
+        args.push("--set".into());
+        args.push(e.to_string());
+    }
+    args
+}
+
+fn train(data: &std::path::Path, run_dir: &std::path::Path, extra: &[&str]) -> String {
+    let args = smoke_args(data.to_str().expect("utf-8"), run_dir.to_str().expect("utf-8"), extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&wave_dist(&args))
+}
+
+#[test]
+fn smoke_run_prints_a_complete_summary_and_repeats_exactly_with_the_same_seed() {
+    let Some(data) = agnews_test_split() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let first = summary(&train(data, &a, &[]));
+    let second = summary(&train(data, &b, &[]));
+
+    assert_eq!(first["event"], "summary");
+    assert_eq!(first["steps"], 40);
+    for key in ["final_loss", "train_samples_per_s", "peak_rss_mb"] {
+        assert!(first[key].as_f64().is_some_and(|v| v.is_finite() && v > 0.0), "{key}: {first}");
+    }
+    let accuracy = first["eval"]["accuracy"].as_f64().expect("accuracy");
+    assert!((0.0..=1.0).contains(&accuracy) && first["eval"]["loss"].as_f64().is_some());
+    assert!(first["params"]["total"].as_u64() > first["params"]["non_embedding"].as_u64());
+
+    let (la, lb) = (train_losses(&a), train_losses(&b));
+    assert_eq!(la.len(), 8, "one metrics line every 5 of 40 steps");
+    assert_eq!(la, lb, "same seed must give identical losses");
+    assert_eq!(first["final_loss"], second["final_loss"]);
+    assert_eq!(first["eval"], second["eval"]);
+
+    let other = tmp.path().join("c");
+    train(data, &other, &["train.seed=99"]);
+    assert_ne!(train_losses(&other), la, "a different seed must change the run");
+}
+
+#[test]
+fn training_lowers_the_loss() {
+    let Some(data) = agnews_test_split() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    train(data, tmp.path(), &["train.max_steps=120", "train.eval_every_steps=0"]);
+    let losses = train_losses(tmp.path());
+    let (first, last) = (losses[0].1, losses[losses.len() - 1].1);
+    assert!(last < first * 0.8, "loss went from {first} to {last}");
+}
+
+#[test]
+fn resuming_from_a_checkpoint_continues_the_uninterrupted_trajectory_exactly() {
+    let Some(data) = agnews_test_split() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (full, resumed) = (tmp.path().join("full"), tmp.path().join("resumed"));
+    let ckpt = tmp.path().join("ckpt");
+    let ckpt_set = format!("checkpoint.uri={:?}", ckpt.to_str().expect("utf-8"));
+    // The uninterrupted run leaves a checkpoint at step 20 (every_steps = 20 in the smoke config).
+    let uninterrupted = summary(&train(data, &full, &[&ckpt_set, "checkpoint.keep_last=0"]));
+    assert!(ckpt.join("step-00000020").is_dir() && ckpt.join("step-00000040").is_dir());
+    let again = summary(&train(data, &resumed, &[&ckpt_set, "train.resume=20", "checkpoint.keep_last=0"]));
+
+    let tail: Vec<(u64, f64)> = train_losses(&full).into_iter().filter(|(s, _)| *s > 20).collect();
+    assert_eq!(train_losses(&resumed), tail, "losses after the resume point must be bit-identical");
+    assert_eq!(uninterrupted["eval"], again["eval"]);
+    let (wa, wb) = (std::fs::read(full.join("model.safetensors")), std::fs::read(resumed.join("model.safetensors")));
+    assert_eq!(wa.expect("weights"), wb.expect("weights"), "final parameters must be bit-identical");
+}
+
+#[test]
+fn resume_refuses_a_checkpoint_of_a_different_model() {
+    let Some(data) = agnews_test_split() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ckpt = tmp.path().join("ckpt");
+    let ckpt_set = format!("checkpoint.uri={:?}", ckpt.to_str().expect("utf-8"));
+    train(data, &tmp.path().join("a"), &[&ckpt_set, "train.max_steps=5"]);
+    let args = smoke_args(
+        data.to_str().expect("utf-8"),
+        tmp.path().join("b").to_str().expect("utf-8"),
+        &[&ckpt_set, "train.resume=\"auto\"", "model.d_model=48"],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    fails_naming(&wave_dist(&args), &["different model", "d_model"]);
+}
+
+#[test]
+fn eval_of_a_finished_run_reproduces_its_final_evaluation() {
+    let Some(data) = agnews_test_split() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run = summary(&train(data, tmp.path(), &["train.max_steps=10"]));
+    let out = ok(&wave_dist(&["eval", "--run", tmp.path().to_str().expect("utf-8")]));
+    let eval = summary(&out);
+    assert_eq!(eval["accuracy"], run["eval"]["accuracy"]);
+    assert_eq!(eval["samples"], run["eval"]["samples"]);
+}
+
+#[test]
+fn plot_writes_loss_accuracy_and_throughput_pngs() {
+    let Some(data) = agnews_test_split() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    train(data, tmp.path(), &["train.max_steps=20"]);
+    ok(&wave_dist(&["plot", tmp.path().to_str().expect("utf-8")]));
+    for name in ["loss.png", "accuracy.png", "throughput.png"] {
+        let bytes = std::fs::read(tmp.path().join(name)).expect(name);
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{name} is a PNG");
+    }
+}

@@ -1,0 +1,297 @@
+//! The job config: one TOML file whose sections belong to the components that read them.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use wave_data::DataConfig;
+use wave_model::ModelConfig;
+
+use crate::Error;
+
+/// Learning-rate decay after warmup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// Linear from `lr` down to `min_lr` at the last step.
+    Linear,
+    /// Half a cosine from `lr` down to `min_lr` at the last step.
+    Cosine,
+    /// `lr` after warmup, unchanged.
+    Constant,
+}
+
+/// Where training starts: `train.resume = "never" | "auto" | <step>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "ResumeValue", into = "ResumeValue")]
+pub enum Resume {
+    /// Start from step 0 whatever checkpoints exist.
+    Never,
+    /// Continue from the latest committed checkpoint, or start fresh if there is none.
+    Auto,
+    /// Continue from the checkpoint of this step (an error if it does not exist).
+    Step(u64),
+}
+
+/// How `train.resume` is written in TOML: a word or a step number.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum ResumeValue {
+    Step(u64),
+    Word(String),
+}
+
+impl TryFrom<ResumeValue> for Resume {
+    type Error = String;
+    fn try_from(v: ResumeValue) -> Result<Resume, String> {
+        match v {
+            ResumeValue::Step(step) => Ok(Resume::Step(step)),
+            ResumeValue::Word(w) => match w.as_str() {
+                "never" => Ok(Resume::Never),
+                "auto" => Ok(Resume::Auto),
+                other => other
+                    .parse()
+                    .map(Resume::Step)
+                    .map_err(|_| format!("expected \"never\", \"auto\" or a step number, got {other:?}")),
+            },
+        }
+    }
+}
+
+impl From<Resume> for ResumeValue {
+    fn from(r: Resume) -> ResumeValue {
+        match r {
+            Resume::Never => ResumeValue::Word("never".into()),
+            Resume::Auto => ResumeValue::Word("auto".into()),
+            Resume::Step(step) => ResumeValue::Step(step),
+        }
+    }
+}
+
+/// The `[train]` section: optimisation, evaluation cadence, device, run folder.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Seeds initialisation, data order and dropout. Same seed ⇒ same losses on CPU.
+    pub seed: u64,
+    /// Passes over the training split (used when `max_steps` is 0).
+    pub epochs: u64,
+    /// Optimizer steps to run; 0 = `epochs` × batches per epoch.
+    pub max_steps: u64,
+    /// Wall-clock budget for training in seconds (evaluation excluded); 0 = none. The run stops
+    /// after the step that crosses it, then evaluates and reports as usual.
+    pub max_seconds: f64,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Learning rate reached at the last step.
+    pub min_lr: f64,
+    /// Steps of linear warmup from 0 to `lr`.
+    pub warmup_steps: u64,
+    /// Decay after warmup.
+    pub schedule: Schedule,
+    /// Decoupled (AdamW) weight decay, applied to matrices and embeddings, not to biases or norms.
+    pub weight_decay: f64,
+    /// Adam β1.
+    pub beta1: f64,
+    /// Adam β2.
+    pub beta2: f64,
+    /// Adam ε.
+    pub adam_eps: f64,
+    /// Clip the global gradient norm to this value; 0 = no clipping.
+    pub grad_clip: f64,
+    /// Micro-batches per optimizer step; each rank's batch is split into this many.
+    pub grad_accum_steps: usize,
+    /// Evaluate every N optimizer steps (and always at the end); 0 = only at the end.
+    pub eval_every_steps: u64,
+    /// Cap on evaluation batches per evaluation; 0 = the whole split.
+    pub eval_max_batches: u64,
+    /// Log a metrics line every N optimizer steps.
+    pub log_every_steps: u64,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// libtorch intra-op threads; 0 = libtorch's default (all cores).
+    pub threads: usize,
+    /// Folder for metrics, the resolved config and the final weights; "" = `runs/<name>`.
+    pub run_dir: String,
+    /// `"never"`, `"auto"` (latest committed checkpoint under `checkpoint.uri`, if any) or a step number.
+    pub resume: Resume,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            seed: 0,
+            epochs: 1,
+            max_steps: 0,
+            max_seconds: 0.0,
+            lr: 1e-3,
+            min_lr: 0.0,
+            warmup_steps: 100,
+            schedule: Schedule::Linear,
+            weight_decay: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            adam_eps: 1e-8,
+            grad_clip: 1.0,
+            grad_accum_steps: 1,
+            eval_every_steps: 0,
+            eval_max_batches: 0,
+            log_every_steps: 10,
+            device: "cpu".into(),
+            threads: 0,
+            run_dir: String::new(),
+            resume: Resume::Never,
+        }
+    }
+}
+
+/// The `[checkpoint]` section.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Where checkpoints go (a folder path or `file://` URL); "" = `<run_dir>/checkpoints`.
+    pub uri: String,
+    /// Save every N optimizer steps; 0 = only at the end of training.
+    pub every_steps: u64,
+    /// Committed checkpoints to keep (older ones are deleted); 0 = keep all.
+    pub keep_last: usize,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig { uri: String::new(), every_steps: 0, keep_last: 3 }
+    }
+}
+
+/// A whole job: what `wave-dist train --config FILE` reads.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    /// Run name; names the default run folder.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// `[model]`
+    #[serde(default)]
+    pub model: ModelConfig,
+    /// `[data]`
+    pub data: DataConfig,
+    /// `[train]`
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// `[checkpoint]`
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+}
+
+fn default_name() -> String {
+    "wave".into()
+}
+
+impl JobConfig {
+    /// Reads a TOML file and applies `section.key=value` overrides (values are TOML literals;
+    /// anything that does not parse as one is taken as a string).
+    pub fn load(path: &Path, overrides: &[String]) -> Result<JobConfig, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read config file {}: {e}", path.display())))?;
+        Self::from_toml(&text, overrides).map_err(|e| match e {
+            Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Parses TOML text with overrides; the error names the offending key.
+    pub fn from_toml(text: &str, overrides: &[String]) -> Result<JobConfig, Error> {
+        let mut doc: toml::Table = text.parse().map_err(|e: toml::de::Error| Error::Config(e.to_string()))?;
+        for item in overrides {
+            apply_override(&mut doc, item)?;
+        }
+        let cfg: JobConfig = serde_path_to_error::deserialize(toml::Value::Table(doc)).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().message().trim().to_string();
+            if path == "." || path.is_empty() {
+                Error::Config(inner)
+            } else {
+                Error::Config(format!("{path}: {inner}"))
+            }
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what can be checked before any data or tensor exists; names the key.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |key: &str, reason: &str| Err(Error::Config(format!("{key}: {reason}")));
+        self.data.validate().map_err(|e| Error::Config(e.to_string()))?;
+        let t = &self.train;
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return bad("train.lr", "must be a positive number");
+        }
+        if t.min_lr < 0.0 || t.min_lr > t.lr {
+            return bad("train.min_lr", "must be in [0, train.lr]");
+        }
+        if t.grad_accum_steps == 0 {
+            return bad("train.grad_accum_steps", "must be >= 1");
+        }
+        if t.epochs == 0 && t.max_steps == 0 {
+            return bad("train.epochs", "must be >= 1 when train.max_steps is 0");
+        }
+        if t.log_every_steps == 0 {
+            return bad("train.log_every_steps", "must be >= 1");
+        }
+        if t.grad_clip < 0.0 || t.weight_decay < 0.0 || t.max_seconds < 0.0 {
+            return bad("train", "grad_clip, weight_decay and max_seconds must be >= 0");
+        }
+        if !(0.0..1.0).contains(&t.beta1) || !(0.0..1.0).contains(&t.beta2) {
+            return bad("train.beta1/beta2", "must be in [0, 1)");
+        }
+        crate::device::parse_device(&t.device)?;
+        Ok(())
+    }
+
+    /// The run folder: `train.run_dir`, or `runs/<name>`.
+    pub fn run_dir(&self) -> PathBuf {
+        if self.train.run_dir.is_empty() {
+            PathBuf::from("runs").join(&self.name)
+        } else {
+            PathBuf::from(&self.train.run_dir)
+        }
+    }
+
+    /// The checkpoint folder: `checkpoint.uri` (a path or `file://` URL), or `<run_dir>/checkpoints`.
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        match self.checkpoint.uri.as_str() {
+            "" => self.run_dir().join("checkpoints"),
+            uri => PathBuf::from(uri.strip_prefix("file://").unwrap_or(uri)),
+        }
+    }
+
+    /// The config as TOML (written into the run folder so `eval` rebuilds the same model).
+    pub fn to_toml(&self) -> Result<String, Error> {
+        toml::to_string(self).map_err(|e| Error::Config(format!("cannot serialise config: {e}")))
+    }
+}
+
+fn apply_override(doc: &mut toml::Table, item: &str) -> Result<(), Error> {
+    let (key, raw) = item
+        .split_once('=')
+        .ok_or_else(|| Error::Config(format!("--set {item:?}: expected section.key=value")))?;
+    let key = key.trim();
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(Error::Config(format!("--set {item:?}: empty key segment")));
+    }
+    let (last, sections) = parts.split_last().ok_or_else(|| Error::Config(format!("--set {item:?}: empty key")))?;
+    let mut table = doc;
+    for section in sections {
+        let entry = table.entry(section.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| Error::Config(format!("--set {key}: `{section}` is not a section")))?;
+    }
+    table.insert(last.to_string(), value);
+    Ok(())
+}

@@ -1,0 +1,35 @@
+//! # wave-train
+//!
+//! The trainer of wave-dist. It owns the job config (whose sections belong to the components
+//! that read them: `[model]` to `wave-model`, `[data]` to `wave-data`), the AdamW optimizer
+//! written on plain tensors so its state can be checkpointed, the learning-rate schedule, the
+//! metrics sink, and the training loop that composes them:
+//!
+//! ```text
+//! lr = lr_at(step) → batch = loader.next() → forward/backward per micro-batch → clip → AdamW
+//!    → log → maybe evaluate → maybe checkpoint
+//! ```
+//!
+//! ```no_run
+//! use wave_train::{train, JobConfig};
+//! let cfg = JobConfig::load("configs/smoke.toml".as_ref(), &["train.max_steps=20".into()])?;
+//! let summary = train(&cfg)?;
+//! println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+//! # Ok::<(), wave_train::Error>(())
+//! ```
+//!
+//! Determinism: same config and seed ⇒ same losses on CPU (initialisation is seeded, the data
+//! order is a pure function of seed and position, dropout is reseeded from (seed, step)).
+
+pub mod checkpoint;
+mod config;
+mod device;
+mod error;
+pub mod metrics;
+pub mod optim;
+mod trainer;
+
+pub use config::{CheckpointConfig, JobConfig, Resume, Schedule, TrainConfig};
+pub use device::parse_device;
+pub use error::Error;
+pub use trainer::{evaluate, evaluate_run, open_data, train, EvalResult, Params, RunSummary};

@@ -1,0 +1,160 @@
+//! AdamW on plain tensors (so its state can be saved and restored bit-exactly), gradient
+//! clipping and the learning-rate schedule.
+
+use tch::{Kind, Tensor};
+
+use crate::config::{Schedule, TrainConfig};
+
+/// One trainable parameter with its AdamW moments.
+struct Slot {
+    name: String,
+    param: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    decay: bool,
+}
+
+/// AdamW (Loshchilov & Hutter) with PyTorch's update rule and bias correction.
+pub struct AdamW {
+    slots: Vec<Slot>,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    step: u64,
+}
+
+impl AdamW {
+    /// Takes named parameters (sorted by the caller for a stable order). Weight decay applies to
+    /// tensors of rank >= 2 (matrices, embeddings), as in nanoGPT, not to biases or norm scales.
+    pub fn new(params: Vec<(String, Tensor)>, cfg: &TrainConfig) -> AdamW {
+        let slots = params
+            .into_iter()
+            .map(|(name, param)| Slot {
+                decay: param.dim() >= 2,
+                exp_avg: param.zeros_like(),
+                exp_avg_sq: param.zeros_like(),
+                name,
+                param,
+            })
+            .collect();
+        AdamW {
+            slots,
+            beta1: cfg.beta1,
+            beta2: cfg.beta2,
+            eps: cfg.adam_eps,
+            weight_decay: cfg.weight_decay,
+            step: 0,
+        }
+    }
+
+    /// Optimizer steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// The parameters, in optimizer order.
+    pub fn params(&self) -> impl Iterator<Item = &Tensor> {
+        self.slots.iter().map(|s| &s.param)
+    }
+
+    /// One update with learning rate `lr` from the gradients currently held by the parameters.
+    pub fn step(&mut self, lr: f64) {
+        self.step += 1;
+        let t = self.step as i32;
+        let bias1 = 1.0 - self.beta1.powi(t);
+        let bias2 = 1.0 - self.beta2.powi(t);
+        let step_size = lr / bias1;
+        tch::no_grad(|| {
+            for s in &mut self.slots {
+                let grad = s.param.grad();
+                if !grad.defined() {
+                    continue;
+                }
+                if s.decay && self.weight_decay > 0.0 {
+                    let _ = s.param.g_mul_scalar_(1.0 - lr * self.weight_decay);
+                }
+                let _ = s.exp_avg.g_mul_scalar_(self.beta1).g_add_(&(&grad * (1.0 - self.beta1)));
+                let _ = s.exp_avg_sq.g_mul_scalar_(self.beta2).g_add_(&(grad.square() * (1.0 - self.beta2)));
+                let denom = (&s.exp_avg_sq / bias2).sqrt() + self.eps;
+                let _ = s.param.g_sub_(&(&s.exp_avg / denom * step_size));
+            }
+        });
+    }
+
+    /// Clears all gradients.
+    pub fn zero_grad(&mut self) {
+        for s in &mut self.slots {
+            let mut grad = s.param.grad();
+            if grad.defined() {
+                let _ = grad.detach_().zero_();
+            }
+        }
+    }
+
+    /// Scales gradients so their global L2 norm is at most `max_norm` (0 = no clipping).
+    /// Returns the norm before clipping.
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
+        let grads: Vec<Tensor> = self.slots.iter().map(|s| s.param.grad()).filter(|g| g.defined()).collect();
+        if grads.is_empty() {
+            return 0.0;
+        }
+        let norm = tch::no_grad(|| {
+            let squares: Vec<Tensor> = grads.iter().map(|g| g.square().sum(Kind::Double)).collect();
+            Tensor::stack(&squares, 0).sum(Kind::Double).sqrt().double_value(&[])
+        });
+        if max_norm > 0.0 && norm > max_norm {
+            let scale = max_norm / (norm + 1e-6);
+            tch::no_grad(|| {
+                for mut g in grads {
+                    let _ = g.g_mul_scalar_(scale);
+                }
+            });
+        }
+        norm
+    }
+
+    /// Named state tensors (`<param>.exp_avg`, `<param>.exp_avg_sq`) plus the step count, for
+    /// checkpoints.
+    pub fn state(&self) -> (Vec<(String, Tensor)>, u64) {
+        let mut out = Vec::with_capacity(2 * self.slots.len());
+        for s in &self.slots {
+            out.push((format!("{}.exp_avg", s.name), s.exp_avg.shallow_clone()));
+            out.push((format!("{}.exp_avg_sq", s.name), s.exp_avg_sq.shallow_clone()));
+        }
+        (out, self.step)
+    }
+
+    /// Restores what [`AdamW::state`] returned; every slot must be present with its shape.
+    pub fn load_state(&mut self, tensors: &[(String, Tensor)], step: u64) -> Result<(), String> {
+        let find = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t);
+        for s in &mut self.slots {
+            for (suffix, dst) in [("exp_avg", &mut s.exp_avg), ("exp_avg_sq", &mut s.exp_avg_sq)] {
+                let key = format!("{}.{suffix}", s.name);
+                let src = find(&key).ok_or_else(|| format!("optimizer state lacks {key}"))?;
+                if src.size() != dst.size() {
+                    return Err(format!("optimizer state {key}: shape {:?}, model has {:?}", src.size(), dst.size()));
+                }
+                tch::no_grad(|| dst.copy_(src));
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+}
+
+/// Learning rate at optimizer step `step` (0-based) of `total` steps: linear warmup to `lr`
+/// over `warmup_steps`, then the configured decay to `min_lr` at the last step. A pure function.
+pub fn lr_at(cfg: &TrainConfig, step: u64, total: u64) -> f64 {
+    if step < cfg.warmup_steps {
+        return cfg.lr * (step + 1) as f64 / cfg.warmup_steps as f64;
+    }
+    let span = total.saturating_sub(cfg.warmup_steps).max(1) as f64;
+    let progress = ((step - cfg.warmup_steps) as f64 / span).min(1.0);
+    let ratio = match cfg.schedule {
+        Schedule::Constant => 1.0,
+        Schedule::Linear => 1.0 - progress,
+        Schedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+    };
+    cfg.min_lr + (cfg.lr - cfg.min_lr) * ratio
+}

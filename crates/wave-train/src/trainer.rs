@@ -1,0 +1,444 @@
+//! The training program: builds the components in dependency order and runs the loop.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use tch::{nn, Device, Kind, Reduction, Tensor};
+use wave_data::{Batch, Cursor, Dataset, Loader, LoaderOptions, TextEncoder};
+use wave_model::{Head, ModelConfig, ParamCounts, WaveNetwork};
+
+use crate::checkpoint::{self, CheckpointState, CHECKPOINT_VERSION};
+use crate::config::{JobConfig, Resume};
+use crate::device::parse_device;
+use crate::metrics::{peak_rss_mb, EvalRecord, MetricsSink, TrainRecord};
+use crate::optim::{lr_at, AdamW};
+use crate::Error;
+
+/// Labels equal to this are ignored by the loss and the accuracy (padding rows).
+const IGNORE: i64 = wave_data::IGNORE_LABEL;
+
+/// Result of an evaluation pass.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalResult {
+    /// Mean cross-entropy per sample.
+    pub loss: f64,
+    /// Fraction of correct arg-max predictions.
+    pub accuracy: f64,
+    /// Samples evaluated.
+    pub samples: u64,
+}
+
+/// Parameter counts as reported in the summary.
+#[derive(Clone, Debug, Serialize)]
+pub struct Params {
+    /// All trainable parameters.
+    pub total: usize,
+    /// Without embeddings.
+    pub non_embedding: usize,
+}
+
+impl From<ParamCounts> for Params {
+    fn from(c: ParamCounts) -> Params {
+        Params { total: c.total, non_embedding: c.non_embedding }
+    }
+}
+
+/// What `wave-dist train` prints as its last stdout line.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunSummary {
+    /// Always `"summary"`.
+    pub event: &'static str,
+    /// Optimizer steps completed (including those before a resume).
+    pub steps: u64,
+    /// Mean training loss over the last logging window.
+    pub final_loss: f64,
+    /// Training samples per second (evaluation excluded) in this process's lifetime.
+    pub train_samples_per_s: f64,
+    /// Final evaluation.
+    pub eval: EvalResult,
+    /// Parameter counts.
+    pub params: Params,
+    /// Peak resident memory of the process, MiB.
+    pub peak_rss_mb: f64,
+    /// Run folder (metrics.jsonl, config.toml, model.safetensors).
+    pub run_dir: PathBuf,
+}
+
+/// Fills the sizes a config may leave to the data (`0` = derive) and checks the result.
+fn resolve_model(cfg: &JobConfig, encoder: Option<&TextEncoder>, dataset: &Dataset) -> Result<ModelConfig, Error> {
+    let mut model = cfg.model.clone();
+    if model.vocab_size == 0 {
+        model.vocab_size = match (encoder, &dataset.manifest().tokenizer) {
+            (Some(enc), _) => enc.vocab_size(),
+            (None, Some(info)) => info.vocab_size,
+            (None, None) => return Err(Error::Config("model.vocab_size: 0, and neither data.tokenizer nor the data set's manifest gives a vocabulary".into())),
+        };
+    }
+    if model.num_classes == 0 && model.head == Head::Classification {
+        model.num_classes = dataset.num_classes().ok_or_else(|| {
+            Error::Config(format!("model.num_classes: 0, and data set {} has no label names", cfg.data.uri))
+        })?;
+    }
+    if model.position != wave_model::PositionEncoding::None && cfg.data.max_length > model.max_positions {
+        return Err(Error::Config(format!(
+            "data.max_length = {} exceeds model.max_positions = {}",
+            cfg.data.max_length, model.max_positions
+        )));
+    }
+    model.validate()?;
+    Ok(model)
+}
+
+/// The tensors of one batch on `device`: ids and mask `(B, T)`, labels `(B,)`.
+fn to_tensors(batch: &Batch, device: Device) -> (Tensor, Tensor, Tensor) {
+    let (b, t) = (batch.rows as i64, batch.seq_len as i64);
+    let ids = Tensor::from_slice(&batch.input_ids).view([b, t]).to(device);
+    let mask = Tensor::from_slice(&batch.attention_mask).view([b, t]).to(device);
+    let labels = Tensor::from_slice(&batch.labels).to(device);
+    (ids, mask, labels)
+}
+
+/// Dropout is reseeded from (seed, step) at every step, so a resumed run draws the same masks
+/// as an uninterrupted one without saving generator state.
+fn step_seed(seed: u64, step: u64) -> i64 {
+    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 1) as i64
+}
+
+/// Named model variables sorted by name: a stable order for the optimizer and checkpoints.
+fn named_params(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+/// Evaluates `net` on one split: every sample once (the loader pads the last batch with ignored rows).
+pub fn evaluate(
+    net: &WaveNetwork,
+    dataset: &Dataset,
+    encoder: Option<Arc<TextEncoder>>,
+    cfg: &JobConfig,
+    split: &str,
+    device: Device,
+) -> Result<EvalResult, Error> {
+    let mut opts = LoaderOptions::eval(&cfg.data, 0, 1);
+    opts.split = split.to_string();
+    let cursor = Cursor::start(opts.seed);
+    let mut loader = Loader::new(dataset, encoder, opts, cursor)?;
+    let (mut loss_sum, mut correct, mut samples, mut batches) = (0.0, 0i64, 0i64, 0u64);
+    tch::no_grad(|| -> Result<(), Error> {
+        while let Some(batch) = loader.next_batch()? {
+            if cfg.train.eval_max_batches > 0 && batches >= cfg.train.eval_max_batches {
+                break;
+            }
+            let (ids, mask, labels) = to_tensors(&batch, device);
+            let logits = net.classify(&ids, &mask, false)?.to_kind(Kind::Float);
+            let valid = labels.ne(IGNORE);
+            loss_sum += logits
+                .cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, IGNORE, 0.0)
+                .double_value(&[]);
+            correct += logits.argmax(-1, false).eq_tensor(&labels).logical_and(&valid).sum(Kind::Int64).int64_value(&[]);
+            samples += valid.sum(Kind::Int64).int64_value(&[]);
+            batches += 1;
+        }
+        Ok(())
+    })?;
+    let n = samples.max(1) as f64;
+    Ok(EvalResult { loss: loss_sum / n, accuracy: correct as f64 / n, samples: samples as u64 })
+}
+
+/// Opens the data set and the tokenizer named by the config.
+pub fn open_data(cfg: &JobConfig) -> Result<(Dataset, Option<Arc<TextEncoder>>), Error> {
+    let dataset = Dataset::open(&cfg.data.uri)?;
+    let encoder = match cfg.data.tokenizer.as_str() {
+        "" => None,
+        spec => Some(Arc::new(TextEncoder::load(spec)?)),
+    };
+    Ok((dataset, encoder))
+}
+
+/// Sets libtorch's intra-op threads when configured.
+fn set_threads(threads: usize) {
+    if threads > 0 {
+        tch::set_num_threads(threads as i32);
+    }
+}
+
+/// Trains as configured and returns the summary (also written to the run folder's metrics).
+pub fn train(cfg: &JobConfig) -> Result<RunSummary, Error> {
+    let t = &cfg.train;
+    let device = parse_device(&t.device)?;
+    set_threads(t.threads);
+    let run_dir = cfg.run_dir();
+    std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
+
+    // Components, in dependency order: data → model → optimizer → (resume) → loader.
+    let (dataset, encoder) = open_data(cfg)?;
+    let model_cfg = resolve_model(cfg, encoder.as_deref(), &dataset)?;
+    let mut resolved = cfg.clone();
+    resolved.model = model_cfg.clone();
+    let config_path = run_dir.join("config.toml");
+    std::fs::write(&config_path, resolved.to_toml()?).map_err(|e| Error::io(&config_path, e))?;
+
+    tch::manual_seed(t.seed as i64);
+    let vs = nn::VarStore::new(device);
+    let net = WaveNetwork::new(&vs.root(), &model_cfg)?;
+    let mut opt = AdamW::new(named_params(&vs), t);
+    let params: Params = model_cfg.param_counts().into();
+    tracing::info!(total = params.total, non_embedding = params.non_embedding, "model parameters");
+
+    let train_rows = dataset.split_rows(&cfg.data.train_split)?;
+    let per_epoch = wave_data::batches_per_epoch(train_rows, cfg.data.batch_size, 1);
+    if per_epoch == 0 {
+        return Err(Error::Config(format!(
+            "data.batch_size = {} exceeds the {train_rows} rows of split {:?}",
+            cfg.data.batch_size, cfg.data.train_split
+        )));
+    }
+    let total_steps = if t.max_steps > 0 { t.max_steps } else { t.epochs * per_epoch };
+
+    let ckpt_root = cfg.checkpoint_dir();
+    let (mut step, cursor) = resume(cfg, &vs, &mut opt, &dataset, &model_cfg, &ckpt_root)?;
+    let mut loader = Loader::new(&dataset, encoder.clone(), LoaderOptions::train(&cfg.data, t.seed, 0, 1), cursor)?;
+    let mut metrics = MetricsSink::create(&run_dir)?;
+    tracing::info!(steps = total_steps, per_epoch, start = step, run_dir = %run_dir.display(), "training");
+    let progress = progress_bar(total_steps, step);
+
+    // Window accumulators for the metrics line.
+    let (mut win_loss, mut win_steps, mut win_samples, mut win_tokens) = (0.0, 0u64, 0usize, 0usize);
+    let (mut win_wait, mut win_compute, mut last_loss) = (0.0, 0.0, f64::NAN);
+    let (mut total_samples, mut train_secs) = (0usize, 0.0);
+    let started = Instant::now();
+
+    while step < total_steps {
+        if t.max_seconds > 0.0 && train_secs >= t.max_seconds {
+            tracing::info!(step, "train.max_seconds reached");
+            break;
+        }
+        let lr = lr_at(t, step, total_steps);
+        let wait_start = Instant::now();
+        let batch = loader.next_batch()?.ok_or_else(|| Error::Io("training loader ended early".into()))?;
+        let wait = wait_start.elapsed().as_secs_f64();
+
+        // Forward/backward over micro-batches; the loss is summed per sample and divided by the
+        // step's sample count, so accumulation gives exactly the full-batch gradient.
+        let compute_start = Instant::now();
+        tch::manual_seed(step_seed(t.seed, step));
+        let (ids, mask, labels) = to_tensors(&batch, device);
+        let valid = batch.labels.iter().filter(|&&l| l != IGNORE).count().max(1) as f64;
+        let micro = batch.rows.div_ceil(t.grad_accum_steps) as i64;
+        let mut step_loss = 0.0;
+        let mut start = 0i64;
+        while start < batch.rows as i64 {
+            let len = micro.min(batch.rows as i64 - start);
+            let logits = net.classify(&ids.narrow(0, start, len), &mask.narrow(0, start, len), true)?;
+            let loss = logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
+                &labels.narrow(0, start, len),
+                None,
+                Reduction::Sum,
+                IGNORE,
+                0.0,
+            ) / valid;
+            loss.backward();
+            step_loss += loss.double_value(&[]);
+            start += len;
+        }
+        if !step_loss.is_finite() {
+            return Err(Error::Diverged { step, loss: step_loss });
+        }
+        let grad_norm = opt.clip_grad_norm(t.grad_clip);
+        opt.step(lr);
+        opt.zero_grad();
+        step += 1;
+        let compute = compute_start.elapsed().as_secs_f64();
+
+        train_secs += wait + compute;
+        total_samples += batch.rows;
+        (win_loss, win_steps, win_samples, win_tokens) =
+            (win_loss + step_loss, win_steps + 1, win_samples + batch.rows, win_tokens + batch.real_tokens);
+        (win_wait, win_compute) = (win_wait + wait, win_compute + compute);
+        if let Some(bar) = &progress {
+            bar.set_position(step);
+            bar.set_message(format!("loss {step_loss:.4}"));
+        }
+
+        if step % t.log_every_steps == 0 || step == total_steps {
+            let secs = (win_wait + win_compute).max(1e-9);
+            last_loss = win_loss / win_steps as f64;
+            let record = TrainRecord {
+                kind: "train",
+                step,
+                epoch: batch.epoch,
+                loss: last_loss,
+                lr,
+                grad_norm,
+                samples_per_s: win_samples as f64 / secs,
+                tokens_per_s: win_tokens as f64 / secs,
+                elapsed_s: train_secs,
+                data_wait_s: win_wait,
+                compute_s: win_compute,
+            };
+            tracing::info!(
+                step,
+                loss = format!("{:.5}", record.loss),
+                lr = format!("{lr:.3e}"),
+                grad_norm = format!("{grad_norm:.3}"),
+                samples_per_s = format!("{:.1}", record.samples_per_s),
+                "train"
+            );
+            metrics.write(&record)?;
+            (win_loss, win_steps, win_samples, win_tokens, win_wait, win_compute) = (0.0, 0, 0, 0, 0.0, 0.0);
+        }
+        if t.eval_every_steps > 0 && step % t.eval_every_steps == 0 && step < total_steps {
+            let result = evaluate(&net, &dataset, encoder.clone(), cfg, &cfg.data.eval_split, device)?;
+            log_eval(&mut metrics, step, &cfg.data.eval_split, &result)?;
+        }
+        if cfg.checkpoint.every_steps > 0 && step % cfg.checkpoint.every_steps == 0 && step < total_steps {
+            save_checkpoint(cfg, &vs, &opt, &loader, &dataset, &model_cfg, step, &ckpt_root)?;
+        }
+    }
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    if win_steps > 0 {
+        last_loss = win_loss / win_steps as f64;
+    }
+
+    save_checkpoint(cfg, &vs, &opt, &loader, &dataset, &model_cfg, step, &ckpt_root)?;
+    let weights = run_dir.join("model.safetensors");
+    vs.save(&weights).map_err(|e| Error::Io(format!("{}: {e}", weights.display())))?;
+    let eval = evaluate(&net, &dataset, encoder, cfg, &cfg.data.eval_split, device)?;
+    log_eval(&mut metrics, step, &cfg.data.eval_split, &eval)?;
+    tracing::info!(wall_s = format!("{:.1}", started.elapsed().as_secs_f64()), "done");
+    Ok(RunSummary {
+        event: "summary",
+        steps: step,
+        final_loss: last_loss,
+        train_samples_per_s: total_samples as f64 / train_secs.max(1e-9),
+        eval,
+        params,
+        peak_rss_mb: peak_rss_mb(),
+        run_dir,
+    })
+}
+
+fn log_eval(metrics: &mut MetricsSink, step: u64, split: &str, r: &EvalResult) -> Result<(), Error> {
+    tracing::info!(step, split, loss = format!("{:.5}", r.loss), accuracy = format!("{:.4}", r.accuracy), "eval");
+    metrics.write(&EvalRecord {
+        kind: "eval",
+        step,
+        split: split.to_string(),
+        loss: r.loss,
+        accuracy: r.accuracy,
+        samples: r.samples,
+    })
+}
+
+fn progress_bar(total: u64, start: u64) -> Option<indicatif::ProgressBar> {
+    if !std::io::stdout().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_position(start);
+    Some(bar)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn save_checkpoint(
+    cfg: &JobConfig,
+    vs: &nn::VarStore,
+    opt: &AdamW,
+    loader: &Loader,
+    dataset: &Dataset,
+    model_cfg: &ModelConfig,
+    step: u64,
+    root: &Path,
+) -> Result<(), Error> {
+    let (optimizer, opt_step) = opt.state();
+    debug_assert_eq!(opt_step, step);
+    let state = CheckpointState {
+        version: CHECKPOINT_VERSION,
+        step,
+        cursor: loader.cursor(),
+        dataset_fingerprint: dataset.fingerprint().to_string(),
+        model_toml: model_toml(model_cfg)?,
+        world_size: 1,
+    };
+    let dir = checkpoint::save(root, &state, &named_params(vs), &optimizer, cfg.checkpoint.keep_last)?;
+    tracing::info!(step, dir = %dir.display(), "checkpoint saved");
+    Ok(())
+}
+
+fn model_toml(model: &ModelConfig) -> Result<String, Error> {
+    toml::to_string(model).map_err(|e| Error::Config(format!("cannot serialise model config: {e}")))
+}
+
+/// Applies `train.resume`; returns the step to start from and the loader cursor.
+fn resume(
+    cfg: &JobConfig,
+    vs: &nn::VarStore,
+    opt: &mut AdamW,
+    dataset: &Dataset,
+    model_cfg: &ModelConfig,
+    root: &Path,
+) -> Result<(u64, Cursor), Error> {
+    let fresh = Ok((0, Cursor::start(cfg.train.seed)));
+    let step = match cfg.train.resume {
+        Resume::Never => return fresh,
+        Resume::Auto => match checkpoint::latest_step(root)? {
+            Some(step) => step,
+            None => {
+                tracing::info!(dir = %root.display(), "no checkpoint to resume from; starting fresh");
+                return fresh;
+            }
+        },
+        Resume::Step(step) => step,
+    };
+    let loaded = checkpoint::load(root, step)?;
+    let refuse = |reason: String| Error::Checkpoint { path: loaded.dir.display().to_string(), reason };
+    if loaded.state.model_toml != model_toml(model_cfg)? {
+        return Err(refuse(format!(
+            "written for a different model:\n--- checkpoint\n{}--- this job\n{}",
+            loaded.state.model_toml,
+            model_toml(model_cfg)?
+        )));
+    }
+    if loaded.state.dataset_fingerprint != dataset.fingerprint() {
+        return Err(refuse(format!(
+            "written for data set {} but data.uri = {} has fingerprint {}",
+            loaded.state.dataset_fingerprint,
+            cfg.data.uri,
+            dataset.fingerprint()
+        )));
+    }
+    let mut vars = vs.variables();
+    for (name, tensor) in &loaded.model {
+        let var = vars.get_mut(name).ok_or_else(|| refuse(format!("unknown tensor {name}")))?;
+        tch::no_grad(|| var.f_copy_(tensor)).map_err(|e| refuse(format!("{name}: {e}")))?;
+    }
+    opt.load_state(&loaded.optimizer, loaded.state.step).map_err(refuse)?;
+    tracing::info!(step, dir = %loaded.dir.display(), "resumed");
+    Ok((loaded.state.step, loaded.state.cursor))
+}
+
+/// Loads `model.safetensors` from a finished run folder and evaluates it on `split`.
+pub fn evaluate_run(cfg: &JobConfig, weights: &Path, split: &str) -> Result<(EvalResult, Params), Error> {
+    let device = parse_device(&cfg.train.device)?;
+    set_threads(cfg.train.threads);
+    let (dataset, encoder) = open_data(cfg)?;
+    let model_cfg = resolve_model(cfg, encoder.as_deref(), &dataset)?;
+    let mut vs = nn::VarStore::new(device);
+    let net = WaveNetwork::new(&vs.root(), &model_cfg)?;
+    vs.load(weights).map_err(|e| Error::Io(format!("{}: {e}", weights.display())))?;
+    let result = evaluate(&net, &dataset, encoder, cfg, split, device)?;
+    Ok((result, model_cfg.param_counts().into()))
+}

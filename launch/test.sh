@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# README command 2: set up (idempotent), then run the whole test suite.
+#   WAVE_SHARED_DATA=DIR   the shared test data (default: ../shared/data beside the checkout)
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(dirname "$HERE")"
+"$HERE/setup.sh"
+source "$HERE/env.sh"
+cd "$ROOT"
+export WAVE_SHARED_DATA="${WAVE_SHARED_DATA:-$(cd "$ROOT/.." && pwd)/shared/data}"
+echo "==> cargo test --release --workspace (shared data: $WAVE_SHARED_DATA)"
+cargo test --release --workspace
