@@ -43,3 +43,14 @@ pub fn combine(mode: Mode, u: &Tensor, s_u: &Tensor, v: &Tensor, s_v: &Tensor) -
         Mode::Modulation => (&u * &v - s_u * s_v, &u * s_v + &v * s_u),
     }
 }
+
+/// `sqrt(R^2 + I^2 + eps)` of the modulation of two full-sequence (non-causal) variants, without
+/// forming `R` and `I`: `|Z_u Z_v|^2 = (u^2 + s_u^2)(v^2 + s_v^2) = (S_u + eps)(S_v + eps)` for
+/// every token (DESIGN §2), so the result is one `(B, 1, D)` row per input.
+///
+/// `u`, `v`: `(B, T, D)`, masked. Equal to the general path up to rounding (tested).
+pub fn modulation_magnitude(u: &Tensor, v: &Tensor, eps: f64) -> Tensor {
+    let kind = block_kind(u.kind());
+    let energy = |t: &Tensor| t.to_kind(kind).square().sum_dim_intlist(&[1i64][..], true, None::<Kind>) + eps;
+    (energy(u) * energy(v) + eps).sqrt()
+}

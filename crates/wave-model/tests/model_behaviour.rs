@@ -1,7 +1,7 @@
 //! Behaviours of the Wave Network that users and the trainer rely on.
 
 use tch::{nn, Device, Kind, Tensor};
-use wave_model::wave::{combine, imaginary_part};
+use wave_model::wave::{combine, imaginary_part, modulation_magnitude};
 use wave_model::{Head, ModelConfig, Mode, Pooling, PositionEncoding, ToReal, WaveNetwork};
 
 fn config(mode: Mode, to_real: ToReal, position: PositionEncoding) -> ModelConfig {
@@ -73,6 +73,19 @@ fn cartesian_form_equals_the_papers_polar_formula_in_both_modes() {
         assert!(max_abs_diff(&re, &want_re) < 1e-5, "{mode:?} real part");
         assert!(max_abs_diff(&im, &want_im) < 1e-5, "{mode:?} imaginary part");
     }
+}
+
+#[test]
+fn modulation_magnitude_shortcut_equals_the_general_path() {
+    tch::manual_seed(2);
+    let u = Tensor::randn([2, 11, 6], (Kind::Float, Device::Cpu));
+    let v = Tensor::randn([2, 11, 6], (Kind::Float, Device::Cpu));
+    let eps = 1e-6;
+    let (re, im) = combine(Mode::Modulation, &u, &imaginary_part(&u, false, eps), &v, &imaginary_part(&v, false, eps));
+    let general = (re.square() + im.square() + eps).sqrt();
+    let shortcut = modulation_magnitude(&u, &v, eps).expand_as(&general);
+    let rel = ((&general - &shortcut).abs() / &general).max().double_value(&[]);
+    assert!(rel < 1e-5, "relative difference {rel}");
 }
 
 #[test]

@@ -65,6 +65,8 @@ impl AdamW {
         let bias1 = 1.0 - self.beta1.powi(t);
         let bias2 = 1.0 - self.beta2.powi(t);
         let step_size = lr / bias1;
+        // In-place updates, as torch.optim.AdamW's single-tensor path: the embedding alone is
+        // tens of millions of values, so every temporary costs a full pass over memory.
         tch::no_grad(|| {
             for s in &mut self.slots {
                 let grad = s.param.grad();
@@ -74,10 +76,13 @@ impl AdamW {
                 if s.decay && self.weight_decay > 0.0 {
                     let _ = s.param.g_mul_scalar_(1.0 - lr * self.weight_decay);
                 }
-                let _ = s.exp_avg.g_mul_scalar_(self.beta1).g_add_(&(&grad * (1.0 - self.beta1)));
-                let _ = s.exp_avg_sq.g_mul_scalar_(self.beta2).g_add_(&(grad.square() * (1.0 - self.beta2)));
-                let denom = (&s.exp_avg_sq / bias2).sqrt() + self.eps;
-                let _ = s.param.g_sub_(&(&s.exp_avg / denom * step_size));
+                let _ = s.exp_avg.lerp_(&grad, 1.0 - self.beta1);
+                let _ = s.exp_avg_sq.g_mul_scalar_(self.beta2).addcmul_(&grad, &(&grad * (1.0 - self.beta2)));
+                // param -= step_size * exp_avg / (sqrt(exp_avg_sq / bias2) + eps), with the
+                // negative step folded into the denominator so addcdiv_ can run in place.
+                let mut denom = s.exp_avg_sq.sqrt();
+                let _ = denom.g_div_scalar_(bias2.sqrt()).g_add_scalar_(self.eps).g_div_scalar_(-step_size);
+                let _ = s.param.addcdiv_(&s.exp_avg, &denom);
             }
         });
     }
@@ -100,8 +105,8 @@ impl AdamW {
             return 0.0;
         }
         let norm = tch::no_grad(|| {
-            let squares: Vec<Tensor> = grads.iter().map(|g| g.square().sum(Kind::Double)).collect();
-            Tensor::stack(&squares, 0).sum(Kind::Double).sqrt().double_value(&[])
+            let norms: Vec<Tensor> = grads.iter().map(|g| g.norm().to_kind(Kind::Double)).collect();
+            Tensor::stack(&norms, 0).norm().double_value(&[])
         });
         if max_norm > 0.0 && norm > max_norm {
             let scale = max_norm / (norm + 1e-6);
