@@ -54,6 +54,19 @@ fn smoke_run_prints_a_complete_summary_and_repeats_exactly_with_the_same_seed() 
 }
 
 #[test]
+fn gradient_accumulation_learns_what_the_full_batch_learns() {
+    let Some(data) = agnews_test_split() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (whole, split) = (tmp.path().join("whole"), tmp.path().join("split"));
+    // No dropout: micro-batches draw their masks separately, which is the only intended difference.
+    train(data, &whole, &["model.dropout=0.0", "train.max_steps=20"]);
+    train(data, &split, &["model.dropout=0.0", "train.max_steps=20", "train.grad_accum_steps=4"]);
+    for ((step, a), (_, b)) in train_losses(&whole).into_iter().zip(train_losses(&split)) {
+        assert!((a - b).abs() <= 1e-4 * a.abs(), "step {step}: loss {a} (whole batch) vs {b} (4 micro-batches)");
+    }
+}
+
+#[test]
 fn training_lowers_the_loss() {
     let Some(data) = agnews_test_split() else { return };
     let tmp = tempfile::tempdir().expect("tempdir");
