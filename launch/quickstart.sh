@@ -34,11 +34,13 @@ RUN_DIR="runs/$DATASET-quick"
 "$BIN" plot "$RUN_DIR" || true
 
 echo "==> result ($(( $(date +%s) - START )) s after set-up)"
-tail -n 1 "data/$DATASET-summary.json" | python3 -c '
+python3 - "data/$DATASET-summary.json" <<'PY'
 import json, sys
-s = json.loads(sys.stdin.read())
-print(f"steps {s[\"steps\"]}, final train loss {s[\"final_loss\"]:.4f}, "
-      f"validation accuracy {100 * s[\"eval\"][\"accuracy\"]:.2f}% on {s[\"eval\"][\"samples\"]} samples, "
-      f"{s[\"train_samples_per_s\"]:.1f} samples/s, parameters {s[\"params\"][\"total\"]:,} "
-      f"({s[\"params\"][\"non_embedding\"]:,} non-embedding), peak RSS {s[\"peak_rss_mb\"]:.0f} MiB")'
+s = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+e, p = s["eval"], s["params"]
+print(f"steps {s['steps']}, final train loss {s['final_loss']:.4f}, "
+      f"validation accuracy {100 * e['accuracy']:.2f}% on {e['samples']} samples, "
+      f"{s['train_samples_per_s']:.1f} samples/s, parameters {p['total']:,} "
+      f"({p['non_embedding']:,} non-embedding), peak RSS {s['peak_rss_mb']:.0f} MiB")
+PY
 echo "curves: $RUN_DIR/*.png   metrics: $RUN_DIR/metrics.jsonl"
