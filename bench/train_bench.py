@@ -69,7 +69,7 @@ def main():
     for _ in range(args.rounds):
         _, wall, peak = run(ours_cmd)
         # Timed window: every metrics line after the first (the first covers the warm-up steps).
-        lines = [json.loads(l) for l in open(f"{run_dir}/metrics.jsonl") if '"train"' in l][1:]
+        lines = [r for r in map(json.loads, open(f"{run_dir}/metrics.jsonl")) if r["kind"] == "train"][1:]
         secs = sum(l["data_wait_s"] + l["compute_s"] for l in lines)
         sps = sum(l["samples_per_s"] * (l["data_wait_s"] + l["compute_s"]) for l in lines) / secs
         tps = sum(l["tokens_per_s"] * (l["data_wait_s"] + l["compute_s"]) for l in lines) / secs
