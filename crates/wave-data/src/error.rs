@@ -148,6 +148,17 @@ pub enum Error {
     },
 }
 
+/// Locations are parsed by `wave-store`; its errors keep their variant here.
+impl From<wave_store::Error> for Error {
+    fn from(e: wave_store::Error) -> Self {
+        match e {
+            wave_store::Error::Uri { uri, msg } => Error::Uri { uri, msg },
+            wave_store::Error::Store { uri, source } => Error::Store { uri, source },
+            wave_store::Error::Io { path, source } => Error::Io { path, source },
+        }
+    }
+}
+
 /// Shorthand used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -1,15 +1,15 @@
 //! Object-store access: URI parsing, a shared blocking runtime, and the Parquet
 //! [`AsyncFileReader`] over `Arc<dyn ObjectStore>`.
 //!
-//! Locations: a plain path or `file://` (local disk), `s3://bucket/prefix` (endpoint, region and
-//! credentials from the standard `AWS_*` variables such as `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`,
-//! `AWS_ALLOW_HTTP`), `gs://bucket/prefix` (`GOOGLE_*`), `az://container/prefix` (`AZURE_*`), and
-//! read-only `http(s)://`. Requests use bounded retries ([`retry_config`]) so an unreachable endpoint
-//! fails within seconds instead of hanging.
+//! Locations are parsed by `wave-store` (shared with `wave-ckpt`): a plain path or `file://` (local
+//! disk), `s3://bucket/prefix` (endpoint, region and credentials from the standard `AWS_*`
+//! variables such as `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_ALLOW_HTTP`), `gs://bucket/prefix`
+//! (`GOOGLE_*`), `az://container/prefix` (`AZURE_*`), and read-only `http(s)://`. Requests use
+//! bounded retries ([`retry_config`]) so an unreachable endpoint fails within seconds instead of
+//! hanging.
 
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -46,104 +46,25 @@ pub(crate) fn block_on<F: std::future::Future>(f: F) -> Result<F::Output> {
 
 /// Bounded retries: 3 attempts within 20 s, so a dead endpoint is reported quickly.
 pub fn retry_config() -> RetryConfig {
-    RetryConfig {
-        backoff: object_store::BackoffConfig {
-            init_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(2),
-            base: 2.0,
-        },
-        max_retries: 3,
-        retry_timeout: Duration::from_secs(20),
-    }
+    wave_store::StoreOptions::default().retry
 }
 
-/// A dataset root: a store plus a prefix inside it.
+/// A dataset root: a store plus a prefix inside it (see [`wave_store::Root`] for the URI forms and
+/// their environment variables).
 #[derive(Debug, Clone)]
-pub struct Location {
-    /// The store.
-    pub store: Arc<dyn ObjectStore>,
-    /// Prefix of the dataset root inside the store (empty for a local root).
-    pub prefix: Path,
-    /// The root as a display string (no trailing slash), used in messages.
-    pub uri: String,
+pub struct Location(wave_store::Root);
+
+impl std::ops::Deref for Location {
+    type Target = wave_store::Root;
+    fn deref(&self) -> &wave_store::Root {
+        &self.0
+    }
 }
 
 impl Location {
     /// Parse a URI or path. With `create`, a missing local directory is created (for outputs).
     pub fn parse(uri: &str, create: bool) -> Result<Location> {
-        let bad = |msg: String| Error::Uri { uri: uri.to_string(), msg };
-        let trimmed = uri.trim_end_matches('/');
-        if trimmed.is_empty() {
-            return Err(bad("empty location".into()));
-        }
-        let scheme = trimmed.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
-        let local = match scheme.as_deref() {
-            None => Some(std::path::PathBuf::from(trimmed)),
-            Some("file") => {
-                let u = url::Url::parse(trimmed).map_err(|e| bad(e.to_string()))?;
-                Some(u.to_file_path().map_err(|()| bad("not a local file URL".into()))?)
-            }
-            _ => None,
-        };
-        if let Some(dir) = local {
-            if create {
-                std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-            }
-            if !dir.is_dir() {
-                return Err(bad(format!("local directory {} does not exist", dir.display())));
-            }
-            let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
-                .map_err(|e| Error::Store { uri: uri.to_string(), source: e })?;
-            return Ok(Location { store: Arc::new(store), prefix: Path::default(), uri: trimmed.to_string() });
-        }
-        let url = url::Url::parse(trimmed).map_err(|e| bad(e.to_string()))?;
-        let store_err = |e| Error::Store { uri: uri.to_string(), source: e };
-        let store: Arc<dyn ObjectStore> = match url.scheme() {
-            "s3" | "s3a" => Arc::new(
-                object_store::aws::AmazonS3Builder::from_env().with_url(trimmed).with_retry(retry_config()).build().map_err(store_err)?,
-            ),
-            "gs" => Arc::new(
-                object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_url(trimmed)
-                    .with_retry(retry_config())
-                    .build()
-                    .map_err(store_err)?,
-            ),
-            "az" | "abfs" | "abfss" | "azure" | "adl" => Arc::new(
-                object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_url(trimmed)
-                    .with_retry(retry_config())
-                    .build()
-                    .map_err(store_err)?,
-            ),
-            "http" | "https" => {
-                let base = format!("{}://{}", url.scheme(), url.authority());
-                let store = object_store::http::HttpBuilder::new()
-                    .with_url(base)
-                    .with_retry(retry_config())
-                    .with_client_options(object_store::ClientOptions::new().with_allow_http(true))
-                    .build()
-                    .map_err(store_err)?;
-                return Ok(Location { store: Arc::new(store), prefix: Path::from(url.path().trim_matches('/')), uri: trimmed.to_string() });
-            }
-            other => return Err(bad(format!("unsupported scheme {other:?} (use a path, file://, s3://, gs://, az:// or http(s)://)"))),
-        };
-        let prefix = Path::from(url.path().trim_matches('/'));
-        Ok(Location { store, prefix, uri: trimmed.to_string() })
-    }
-
-    /// Store path of `rel` (a `/`-separated path relative to the root).
-    pub fn path(&self, rel: &str) -> Path {
-        let mut p = self.prefix.clone();
-        for part in rel.split('/').filter(|s| !s.is_empty()) {
-            p = p.clone().join(part);
-        }
-        p
-    }
-
-    /// Display URI of `rel`.
-    pub fn uri_of(&self, rel: &str) -> String {
-        format!("{}/{}", self.uri, rel)
+        Ok(Location(wave_store::Root::open(uri, create, &wave_store::StoreOptions::default())?))
     }
 
     /// Read a whole object.

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use wave_train::JobConfig;
 
+mod checkpoint_cmd;
 mod data_cmd;
 
 /// Train and evaluate Wave Network language models (arXiv 2411.02674) with data parallelism.
@@ -40,6 +41,9 @@ enum Command {
     /// Tokenizers: train a WordPiece or BPE vocabulary.
     #[command(subcommand)]
     Tokenizer(data_cmd::TokenizerCommand),
+    /// Checkpoints: list, inspect, verify, export (model.safetensors + config.json).
+    #[command(subcommand)]
+    Checkpoint(checkpoint_cmd::CheckpointCommand),
     /// Write PNG curves (loss, accuracy, throughput) from a run folder's metrics.jsonl.
     Plot(PlotArgs),
 }
@@ -166,6 +170,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval(args),
         Command::Data(cmd) => data_cmd::run_data(cmd),
         Command::Tokenizer(cmd) => data_cmd::run_tokenizer(cmd),
+        Command::Checkpoint(cmd) => checkpoint_cmd::run_checkpoint(cmd),
         Command::Plot(args) => plot(args),
     };
     match result {

@@ -118,6 +118,11 @@ impl Weed {
         for (f, port) in flags.iter().zip(&p) {
             cmd.arg(format!("-{f}={port}"));
         }
+        // weed turns authentication on when it inherits S3 credentials, which a test may have set
+        // for its own client; the server must stay anonymous.
+        for var in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"] {
+            cmd.env_remove(var);
+        }
         let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn weed");
         let endpoint = format!("http://127.0.0.1:{}", p[0]);
         let weed = Weed { child, endpoint, _dir: dir };
