@@ -41,7 +41,8 @@ fn step_dir(root: &Path, step: u64) -> PathBuf {
 }
 
 fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), Error> {
-    Tensor::write_safetensors(tensors, path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))
+    Tensor::write_safetensors(tensors, path)
+        .map_err(|e| Error::Io(format!("{}: {e}", path.display())))
 }
 
 /// Writes one checkpoint and moves `latest` to it; deletes all but the newest `keep_last`.
@@ -53,7 +54,11 @@ pub fn save(
     keep_last: usize,
 ) -> Result<PathBuf, Error> {
     fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
-    let tmp = root.join(format!(".tmp-step-{:08}-{}", state.step, std::process::id()));
+    let tmp = root.join(format!(
+        ".tmp-step-{:08}-{}",
+        state.step,
+        std::process::id()
+    ));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     write_safetensors(&tmp.join("model.safetensors"), model)?;
@@ -67,7 +72,9 @@ pub fn save(
     fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
     let latest_tmp = root.join(format!(".latest-{}", std::process::id()));
     let name = format!("step-{:08}\n", state.step);
-    fs::write(&latest_tmp, name).and_then(|_| fs::rename(&latest_tmp, root.join("latest"))).map_err(|e| Error::io(root, e))?;
+    fs::write(&latest_tmp, name)
+        .and_then(|_| fs::rename(&latest_tmp, root.join("latest")))
+        .map_err(|e| Error::io(root, e))?;
     if keep_last > 0 {
         let mut steps = committed_steps(root)?;
         steps.sort_unstable();
@@ -81,11 +88,18 @@ pub fn save(
 
 /// Steps with a published folder under `root`.
 pub fn committed_steps(root: &Path) -> Result<Vec<u64>, Error> {
-    let Ok(entries) = fs::read_dir(root) else { return Ok(Vec::new()) };
+    let Ok(entries) = fs::read_dir(root) else {
+        return Ok(Vec::new());
+    };
     let mut steps = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(root, e))?;
-        if let Some(step) = entry.file_name().to_str().and_then(|n| n.strip_prefix("step-")).and_then(|n| n.parse().ok()) {
+        if let Some(step) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_prefix("step-"))
+            .and_then(|n| n.parse().ok())
+        {
             steps.push(step);
         }
     }
@@ -101,7 +115,10 @@ pub fn latest_step(root: &Path) -> Result<Option<u64>, Error> {
             .strip_prefix("step-")
             .and_then(|n| n.parse().ok())
             .map(Some)
-            .ok_or_else(|| Error::Checkpoint { path: path.display().to_string(), reason: format!("unreadable pointer {text:?}") }),
+            .ok_or_else(|| Error::Checkpoint {
+                path: path.display().to_string(),
+                reason: format!("unreadable pointer {text:?}"),
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(&path, e)),
     }
@@ -122,12 +139,27 @@ pub struct Loaded {
 /// Reads the checkpoint of `step`.
 pub fn load(root: &Path, step: u64) -> Result<Loaded, Error> {
     let dir = step_dir(root, step);
-    let fail = |reason: String| Error::Checkpoint { path: dir.display().to_string(), reason };
-    let state_bytes = fs::read(dir.join("state.json")).map_err(|e| fail(format!("state.json: {e}")))?;
-    let state: CheckpointState = serde_json::from_slice(&state_bytes).map_err(|e| fail(format!("state.json: {e}")))?;
+    let fail = |reason: String| Error::Checkpoint {
+        path: dir.display().to_string(),
+        reason,
+    };
+    let state_bytes =
+        fs::read(dir.join("state.json")).map_err(|e| fail(format!("state.json: {e}")))?;
+    let state: CheckpointState =
+        serde_json::from_slice(&state_bytes).map_err(|e| fail(format!("state.json: {e}")))?;
     if state.version != CHECKPOINT_VERSION {
-        return Err(fail(format!("layout version {} (this build reads {CHECKPOINT_VERSION})", state.version)));
+        return Err(fail(format!(
+            "layout version {} (this build reads {CHECKPOINT_VERSION})",
+            state.version
+        )));
     }
-    let read = |name: &str| Tensor::read_safetensors(dir.join(name)).map_err(|e| fail(format!("{name}: {e}")));
-    Ok(Loaded { model: read("model.safetensors")?, optimizer: read("optimizer.safetensors")?, state, dir: dir.clone() })
+    let read = |name: &str| {
+        Tensor::read_safetensors(dir.join(name)).map_err(|e| fail(format!("{name}: {e}")))
+    };
+    Ok(Loaded {
+        model: read("model.safetensors")?,
+        optimizer: read("optimizer.safetensors")?,
+        state,
+        dir: dir.clone(),
+    })
 }

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use wave_comm::CommConfig;
 use wave_data::DataConfig;
 use wave_model::ModelConfig;
 
@@ -48,10 +49,9 @@ impl TryFrom<ResumeValue> for Resume {
             ResumeValue::Word(w) => match w.as_str() {
                 "never" => Ok(Resume::Never),
                 "auto" => Ok(Resume::Auto),
-                other => other
-                    .parse()
-                    .map(Resume::Step)
-                    .map_err(|_| format!("expected \"never\", \"auto\" or a step number, got {other:?}")),
+                other => other.parse().map(Resume::Step).map_err(|_| {
+                    format!("expected \"never\", \"auto\" or a step number, got {other:?}")
+                }),
             },
         }
     }
@@ -100,6 +100,8 @@ pub struct TrainConfig {
     pub grad_clip: f64,
     /// Micro-batches per optimizer step; each rank's batch is split into this many.
     pub grad_accum_steps: usize,
+    /// Gradient all-reduce bucket size in MiB (one collective per bucket, after the last micro-batch).
+    pub bucket_mb: f64,
     /// Evaluate every N optimizer steps (and always at the end); 0 = only at the end.
     pub eval_every_steps: u64,
     /// Cap on evaluation batches per evaluation; 0 = the whole split.
@@ -108,7 +110,8 @@ pub struct TrainConfig {
     pub log_every_steps: u64,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
-    /// libtorch intra-op threads; 0 = libtorch's default (all cores).
+    /// libtorch intra-op threads; 0 = libtorch's default (all cores), or 1 per rank when several
+    /// ranks share a machine (libgomp spin-waits: oversubscribed cores make steps 5-20x slower).
     pub threads: usize,
     /// Folder for metrics, the resolved config and the final weights; "" = `runs/<name>`.
     pub run_dir: String,
@@ -133,6 +136,7 @@ impl Default for TrainConfig {
             adam_eps: 1e-8,
             grad_clip: 1.0,
             grad_accum_steps: 1,
+            bucket_mb: 25.0,
             eval_every_steps: 0,
             eval_max_batches: 0,
             log_every_steps: 10,
@@ -158,7 +162,11 @@ pub struct CheckpointConfig {
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
-        CheckpointConfig { uri: String::new(), every_steps: 0, keep_last: 3 }
+        CheckpointConfig {
+            uri: String::new(),
+            every_steps: 0,
+            keep_last: 3,
+        }
     }
 }
 
@@ -180,6 +188,9 @@ pub struct JobConfig {
     /// `[checkpoint]`
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
+    /// `[comm]`: collective backend and timeouts (data parallelism).
+    #[serde(default)]
+    pub comm: CommConfig,
 }
 
 fn default_name() -> String {
@@ -190,8 +201,9 @@ impl JobConfig {
     /// Reads a TOML file and applies `section.key=value` overrides (values are TOML literals;
     /// anything that does not parse as one is taken as a string).
     pub fn load(path: &Path, overrides: &[String]) -> Result<JobConfig, Error> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Config(format!("cannot read config file {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!("cannot read config file {}: {e}", path.display()))
+        })?;
         Self::from_toml(&text, overrides).map_err(|e| match e {
             Error::Config(msg) => Error::Config(format!("{}: {msg}", path.display())),
             other => other,
@@ -200,19 +212,22 @@ impl JobConfig {
 
     /// Parses TOML text with overrides; the error names the offending key.
     pub fn from_toml(text: &str, overrides: &[String]) -> Result<JobConfig, Error> {
-        let mut doc: toml::Table = text.parse().map_err(|e: toml::de::Error| Error::Config(e.to_string()))?;
+        let mut doc: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| Error::Config(e.to_string()))?;
         for item in overrides {
             apply_override(&mut doc, item)?;
         }
-        let cfg: JobConfig = serde_path_to_error::deserialize(toml::Value::Table(doc)).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner().message().trim().to_string();
-            if path == "." || path.is_empty() {
-                Error::Config(inner)
-            } else {
-                Error::Config(format!("{path}: {inner}"))
-            }
-        })?;
+        let cfg: JobConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(doc)).map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner().message().trim().to_string();
+                if path == "." || path.is_empty() {
+                    Error::Config(inner)
+                } else {
+                    Error::Config(format!("{path}: {inner}"))
+                }
+            })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -220,7 +235,9 @@ impl JobConfig {
     /// Checks what can be checked before any data or tensor exists; names the key.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |key: &str, reason: &str| Err(Error::Config(format!("{key}: {reason}")));
-        self.data.validate().map_err(|e| Error::Config(e.to_string()))?;
+        self.data
+            .validate()
+            .map_err(|e| Error::Config(e.to_string()))?;
         let t = &self.train;
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             return bad("train.lr", "must be a positive number");
@@ -228,6 +245,12 @@ impl JobConfig {
         if t.min_lr < 0.0 || t.min_lr > t.lr {
             return bad("train.min_lr", "must be in [0, train.lr]");
         }
+        if !(t.bucket_mb > 0.0 && t.bucket_mb.is_finite()) {
+            return bad("train.bucket_mb", "must be a positive number");
+        }
+        self.comm
+            .validate()
+            .map_err(|e| Error::Config(format!("comm: {e}")))?;
         if t.grad_accum_steps == 0 {
             return bad("train.grad_accum_steps", "must be >= 1");
         }
@@ -238,7 +261,10 @@ impl JobConfig {
             return bad("train.log_every_steps", "must be >= 1");
         }
         if t.grad_clip < 0.0 || t.weight_decay < 0.0 || t.max_seconds < 0.0 {
-            return bad("train", "grad_clip, weight_decay and max_seconds must be >= 0");
+            return bad(
+                "train",
+                "grad_clip, weight_decay and max_seconds must be >= 0",
+            );
         }
         if !(0.0..1.0).contains(&t.beta1) || !(0.0..1.0).contains(&t.beta2) {
             return bad("train.beta1/beta2", "must be in [0, 1)");
@@ -284,10 +310,14 @@ fn apply_override(doc: &mut toml::Table, item: &str) -> Result<(), Error> {
     if parts.iter().any(|p| p.is_empty()) {
         return Err(Error::Config(format!("--set {item:?}: empty key segment")));
     }
-    let (last, sections) = parts.split_last().ok_or_else(|| Error::Config(format!("--set {item:?}: empty key")))?;
+    let (last, sections) = parts
+        .split_last()
+        .ok_or_else(|| Error::Config(format!("--set {item:?}: empty key")))?;
     let mut table = doc;
     for section in sections {
-        let entry = table.entry(section.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        let entry = table
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
         table = entry
             .as_table_mut()
             .ok_or_else(|| Error::Config(format!("--set {key}: `{section}` is not a section")))?;

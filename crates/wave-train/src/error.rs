@@ -17,6 +17,9 @@ pub enum Error {
     /// The model rejected its config or inputs.
     #[error(transparent)]
     Model(#[from] wave_model::Error),
+    /// A collective failed or the ranks disagree.
+    #[error(transparent)]
+    Comm(#[from] wave_comm::Error),
     /// libtorch failed.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

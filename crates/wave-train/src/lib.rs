@@ -27,6 +27,7 @@ mod device;
 mod error;
 pub mod metrics;
 pub mod optim;
+mod parallel;
 mod trainer;
 
 pub use config::{CheckpointConfig, JobConfig, Resume, Schedule, TrainConfig};

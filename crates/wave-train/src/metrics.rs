@@ -20,13 +20,19 @@ impl MetricsSink {
     pub fn create(run_dir: &Path) -> Result<MetricsSink, Error> {
         let path = run_dir.join("metrics.jsonl");
         let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(MetricsSink { path, out: BufWriter::new(file) })
+        Ok(MetricsSink {
+            path,
+            out: BufWriter::new(file),
+        })
     }
 
     /// Writes one record.
     pub fn write<T: Serialize>(&mut self, record: &T) -> Result<(), Error> {
-        let line = serde_json::to_string(record).map_err(|e| Error::Io(format!("{}: {e}", self.path.display())))?;
-        writeln!(self.out, "{line}").and_then(|_| self.out.flush()).map_err(|e| Error::io(&self.path, e))
+        let line = serde_json::to_string(record)
+            .map_err(|e| Error::Io(format!("{}: {e}", self.path.display())))?;
+        writeln!(self.out, "{line}")
+            .and_then(|_| self.out.flush())
+            .map_err(|e| Error::io(&self.path, e))
     }
 }
 
@@ -55,6 +61,8 @@ pub struct TrainRecord {
     pub data_wait_s: f64,
     /// Seconds of the window spent in forward, backward and the optimizer.
     pub compute_s: f64,
+    /// Seconds of the window spent averaging gradients over ranks.
+    pub comm_s: f64,
 }
 
 /// One `kind = "eval"` metrics line.
@@ -79,9 +87,11 @@ pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }

@@ -77,11 +77,17 @@ impl AdamW {
                     let _ = s.param.g_mul_scalar_(1.0 - lr * self.weight_decay);
                 }
                 let _ = s.exp_avg.lerp_(&grad, 1.0 - self.beta1);
-                let _ = s.exp_avg_sq.g_mul_scalar_(self.beta2).addcmul_(&grad, &(&grad * (1.0 - self.beta2)));
+                let _ = s
+                    .exp_avg_sq
+                    .g_mul_scalar_(self.beta2)
+                    .addcmul_(&grad, &(&grad * (1.0 - self.beta2)));
                 // param -= step_size * exp_avg / (sqrt(exp_avg_sq / bias2) + eps), with the
                 // negative step folded into the denominator so addcdiv_ can run in place.
                 let mut denom = s.exp_avg_sq.sqrt();
-                let _ = denom.g_div_scalar_(bias2.sqrt()).g_add_scalar_(self.eps).g_div_scalar_(-step_size);
+                let _ = denom
+                    .g_div_scalar_(bias2.sqrt())
+                    .g_add_scalar_(self.eps)
+                    .g_div_scalar_(-step_size);
                 let _ = s.param.addcdiv_(&s.exp_avg, &denom);
             }
         });
@@ -100,12 +106,20 @@ impl AdamW {
     /// Scales gradients so their global L2 norm is at most `max_norm` (0 = no clipping).
     /// Returns the norm before clipping.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
-        let grads: Vec<Tensor> = self.slots.iter().map(|s| s.param.grad()).filter(|g| g.defined()).collect();
+        let grads: Vec<Tensor> = self
+            .slots
+            .iter()
+            .map(|s| s.param.grad())
+            .filter(|g| g.defined())
+            .collect();
         if grads.is_empty() {
             return 0.0;
         }
         let norm = tch::no_grad(|| {
-            let norms: Vec<Tensor> = grads.iter().map(|g| g.norm().to_kind(Kind::Double)).collect();
+            let norms: Vec<Tensor> = grads
+                .iter()
+                .map(|g| g.norm().to_kind(Kind::Double))
+                .collect();
             Tensor::stack(&norms, 0).norm().double_value(&[])
         });
         if max_norm > 0.0 && norm > max_norm {
@@ -125,7 +139,10 @@ impl AdamW {
         let mut out = Vec::with_capacity(2 * self.slots.len());
         for s in &self.slots {
             out.push((format!("{}.exp_avg", s.name), s.exp_avg.shallow_clone()));
-            out.push((format!("{}.exp_avg_sq", s.name), s.exp_avg_sq.shallow_clone()));
+            out.push((
+                format!("{}.exp_avg_sq", s.name),
+                s.exp_avg_sq.shallow_clone(),
+            ));
         }
         (out, self.step)
     }
@@ -134,11 +151,18 @@ impl AdamW {
     pub fn load_state(&mut self, tensors: &[(String, Tensor)], step: u64) -> Result<(), String> {
         let find = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t);
         for s in &mut self.slots {
-            for (suffix, dst) in [("exp_avg", &mut s.exp_avg), ("exp_avg_sq", &mut s.exp_avg_sq)] {
+            for (suffix, dst) in [
+                ("exp_avg", &mut s.exp_avg),
+                ("exp_avg_sq", &mut s.exp_avg_sq),
+            ] {
                 let key = format!("{}.{suffix}", s.name);
                 let src = find(&key).ok_or_else(|| format!("optimizer state lacks {key}"))?;
                 if src.size() != dst.size() {
-                    return Err(format!("optimizer state {key}: shape {:?}, model has {:?}", src.size(), dst.size()));
+                    return Err(format!(
+                        "optimizer state {key}: shape {:?}, model has {:?}",
+                        src.size(),
+                        dst.size()
+                    ));
                 }
                 tch::no_grad(|| dst.copy_(src));
             }

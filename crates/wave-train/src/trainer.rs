@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use tch::{nn, Device, Kind, Reduction, Tensor};
+use wave_comm::{Communicator, RankInfo};
 use wave_data::{Batch, Cursor, Dataset, Loader, LoaderOptions, TextEncoder};
 use wave_model::{Head, ModelConfig, ParamCounts, WaveNetwork};
 
@@ -15,6 +16,7 @@ use crate::config::{JobConfig, Resume};
 use crate::device::parse_device;
 use crate::metrics::{peak_rss_mb, EvalRecord, MetricsSink, TrainRecord};
 use crate::optim::{lr_at, AdamW};
+use crate::parallel::{agree_on_job, average_gradients, broadcast_parameters, sum_over_ranks};
 use crate::Error;
 
 /// Labels equal to this are ignored by the loss and the accuracy (padding rows).
@@ -42,7 +44,10 @@ pub struct Params {
 
 impl From<ParamCounts> for Params {
     fn from(c: ParamCounts) -> Params {
-        Params { total: c.total, non_embedding: c.non_embedding }
+        Params {
+            total: c.total,
+            non_embedding: c.non_embedding,
+        }
     }
 }
 
@@ -68,7 +73,11 @@ pub struct RunSummary {
 }
 
 /// Fills the sizes a config may leave to the data (`0` = derive) and checks the result.
-fn resolve_model(cfg: &JobConfig, encoder: Option<&TextEncoder>, dataset: &Dataset) -> Result<ModelConfig, Error> {
+fn resolve_model(
+    cfg: &JobConfig,
+    encoder: Option<&TextEncoder>,
+    dataset: &Dataset,
+) -> Result<ModelConfig, Error> {
     let mut model = cfg.model.clone();
     if model.vocab_size == 0 {
         model.vocab_size = match (encoder, &dataset.manifest().tokenizer) {
@@ -79,10 +88,15 @@ fn resolve_model(cfg: &JobConfig, encoder: Option<&TextEncoder>, dataset: &Datas
     }
     if model.num_classes == 0 && model.head == Head::Classification {
         model.num_classes = dataset.num_classes().ok_or_else(|| {
-            Error::Config(format!("model.num_classes: 0, and data set {} has no label names", cfg.data.uri))
+            Error::Config(format!(
+                "model.num_classes: 0, and data set {} has no label names",
+                cfg.data.uri
+            ))
         })?;
     }
-    if model.position != wave_model::PositionEncoding::None && cfg.data.max_length > model.max_positions {
+    if model.position != wave_model::PositionEncoding::None
+        && cfg.data.max_length > model.max_positions
+    {
         return Err(Error::Config(format!(
             "data.max_length = {} exceeds model.max_positions = {}",
             cfg.data.max_length, model.max_positions
@@ -96,15 +110,19 @@ fn resolve_model(cfg: &JobConfig, encoder: Option<&TextEncoder>, dataset: &Datas
 fn to_tensors(batch: &Batch, device: Device) -> (Tensor, Tensor, Tensor) {
     let (b, t) = (batch.rows as i64, batch.seq_len as i64);
     let ids = Tensor::from_slice(&batch.input_ids).view([b, t]).to(device);
-    let mask = Tensor::from_slice(&batch.attention_mask).view([b, t]).to(device);
+    let mask = Tensor::from_slice(&batch.attention_mask)
+        .view([b, t])
+        .to(device);
     let labels = Tensor::from_slice(&batch.labels).to(device);
     (ids, mask, labels)
 }
 
-/// Dropout is reseeded from (seed, step) at every step, so a resumed run draws the same masks
-/// as an uninterrupted one without saving generator state.
-fn step_seed(seed: u64, step: u64) -> i64 {
-    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+/// Dropout is reseeded from (seed, step, rank) at every step, so a resumed run draws the same
+/// masks as an uninterrupted one without saving generator state.
+fn step_seed(seed: u64, step: u64, rank: usize) -> i64 {
+    let mut z = seed
+        ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (rank as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     ((z ^ (z >> 31)) >> 1) as i64
@@ -117,7 +135,8 @@ fn named_params(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
     vars
 }
 
-/// Evaluates `net` on one split: every sample once (the loader pads the last batch with ignored rows).
+/// Evaluates `net` on one split, each rank on its share, reduced over ranks: every sample once
+/// (the loader pads the last batch with ignored rows).
 pub fn evaluate(
     net: &WaveNetwork,
     dataset: &Dataset,
@@ -125,8 +144,9 @@ pub fn evaluate(
     cfg: &JobConfig,
     split: &str,
     device: Device,
+    comm: &Communicator,
 ) -> Result<EvalResult, Error> {
-    let mut opts = LoaderOptions::eval(&cfg.data, 0, 1);
+    let mut opts = LoaderOptions::eval(&cfg.data, comm.rank(), comm.world_size());
     opts.split = split.to_string();
     let cursor = Cursor::start(opts.seed);
     let mut loader = Loader::new(dataset, encoder, opts, cursor)?;
@@ -142,14 +162,30 @@ pub fn evaluate(
             loss_sum += logits
                 .cross_entropy_loss::<Tensor>(&labels, None, Reduction::Sum, IGNORE, 0.0)
                 .double_value(&[]);
-            correct += logits.argmax(-1, false).eq_tensor(&labels).logical_and(&valid).sum(Kind::Int64).int64_value(&[]);
+            correct += logits
+                .argmax(-1, false)
+                .eq_tensor(&labels)
+                .logical_and(&valid)
+                .sum(Kind::Int64)
+                .int64_value(&[]);
             samples += valid.sum(Kind::Int64).int64_value(&[]);
             batches += 1;
         }
         Ok(())
     })?;
-    let n = samples.max(1) as f64;
-    Ok(EvalResult { loss: loss_sum / n, accuracy: correct as f64 / n, samples: samples as u64 })
+    let totals = sum_over_ranks(
+        comm,
+        &[loss_sum, correct as f64, samples as f64],
+        device,
+        "evaluation",
+    )?;
+    let (loss_sum, correct, samples) = (totals[0], totals[1], totals[2]);
+    let n = samples.max(1.0);
+    Ok(EvalResult {
+        loss: loss_sum / n,
+        accuracy: correct / n,
+        samples: samples as u64,
+    })
 }
 
 /// Opens the data set and the tokenizer named by the config.
@@ -170,48 +206,101 @@ fn set_threads(threads: usize) {
 }
 
 /// Trains as configured and returns the summary (also written to the run folder's metrics).
+///
+/// Ranks come from the launcher's environment (world size 1 without one). With several ranks,
+/// an error on any rank aborts the whole job at once, naming that rank, rather than leaving the
+/// others waiting in a collective.
 pub fn train(cfg: &JobConfig) -> Result<RunSummary, Error> {
+    let info = RankInfo::from_env()?;
+    let device = match parse_device(&cfg.train.device)? {
+        // One GPU per rank on a node.
+        Device::Cuda(_) if info.world_size > 1 => Device::Cuda(info.local_rank),
+        d => d,
+    };
+    set_threads(match cfg.train.threads {
+        0 if info.world_size > 1 => 1,
+        n => n,
+    });
+    let comm = Communicator::init(&info, &cfg.comm, device)?;
+    let _rank_span =
+        (comm.world_size() > 1).then(|| tracing::info_span!("rank", rank = comm.rank()).entered());
+    match train_on(cfg, &comm, device) {
+        Err(e) if comm.world_size() > 1 => comm.abort(&e.to_string(), 1),
+        result => result,
+    }
+}
+
+fn train_on(cfg: &JobConfig, comm: &Communicator, device: Device) -> Result<RunSummary, Error> {
     let t = &cfg.train;
-    let device = parse_device(&t.device)?;
-    set_threads(t.threads);
+    let root = comm.is_root();
+    let world = comm.world_size();
     let run_dir = cfg.run_dir();
-    std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
+    if root {
+        std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
+    }
 
     // Components, in dependency order: data → model → optimizer → (resume) → loader.
     let (dataset, encoder) = open_data(cfg)?;
     let model_cfg = resolve_model(cfg, encoder.as_deref(), &dataset)?;
     let mut resolved = cfg.clone();
     resolved.model = model_cfg.clone();
-    let config_path = run_dir.join("config.toml");
-    std::fs::write(&config_path, resolved.to_toml()?).map_err(|e| Error::io(&config_path, e))?;
+    let resolved_toml = resolved.to_toml()?;
+    agree_on_job(comm, &resolved_toml, dataset.fingerprint())?;
+    if root {
+        let config_path = run_dir.join("config.toml");
+        std::fs::write(&config_path, &resolved_toml).map_err(|e| Error::io(&config_path, e))?;
+    }
 
     tch::manual_seed(t.seed as i64);
     let vs = nn::VarStore::new(device);
     let net = WaveNetwork::new(&vs.root(), &model_cfg)?;
+    broadcast_parameters(comm, &named_params(&vs))?;
     let mut opt = AdamW::new(named_params(&vs), t);
+    let params_in_order: Vec<Tensor> = opt.params().map(Tensor::shallow_clone).collect();
+    let bucket_bytes = (t.bucket_mb * (1 << 20) as f64) as usize;
     let params: Params = model_cfg.param_counts().into();
-    tracing::info!(total = params.total, non_embedding = params.non_embedding, "model parameters");
+    tracing::info!(
+        total = params.total,
+        non_embedding = params.non_embedding,
+        "model parameters"
+    );
 
     let train_rows = dataset.split_rows(&cfg.data.train_split)?;
-    let per_epoch = wave_data::batches_per_epoch(train_rows, cfg.data.batch_size, 1);
+    let per_epoch = wave_data::batches_per_epoch(train_rows, cfg.data.batch_size, world);
     if per_epoch == 0 {
         return Err(Error::Config(format!(
             "data.batch_size = {} exceeds the {train_rows} rows of split {:?}",
             cfg.data.batch_size, cfg.data.train_split
         )));
     }
-    let total_steps = if t.max_steps > 0 { t.max_steps } else { t.epochs * per_epoch };
+    let total_steps = if t.max_steps > 0 {
+        t.max_steps
+    } else {
+        t.epochs * per_epoch
+    };
 
     let ckpt_root = cfg.checkpoint_dir();
     let (mut step, cursor) = resume(cfg, &vs, &mut opt, &dataset, &model_cfg, &ckpt_root)?;
-    let mut loader = Loader::new(&dataset, encoder.clone(), LoaderOptions::train(&cfg.data, t.seed, 0, 1), cursor)?;
-    let mut metrics = MetricsSink::create(&run_dir)?;
-    tracing::info!(steps = total_steps, per_epoch, start = step, run_dir = %run_dir.display(), "training");
-    let progress = progress_bar(total_steps, step);
+    let options = LoaderOptions::train(&cfg.data, t.seed, comm.rank(), world);
+    let mut loader = Loader::new(&dataset, encoder.clone(), options, cursor)?;
+    let mut metrics = if root {
+        Some(MetricsSink::create(&run_dir)?)
+    } else {
+        None
+    };
+    if root {
+        tracing::info!(steps = total_steps, per_epoch, start = step, world, run_dir = %run_dir.display(), "training");
+    }
+    let progress = if root {
+        progress_bar(total_steps, step)
+    } else {
+        None
+    };
 
     // Window accumulators for the metrics line.
-    let (mut win_loss, mut win_steps, mut win_samples, mut win_tokens) = (0.0, 0u64, 0usize, 0usize);
-    let (mut win_wait, mut win_compute, mut last_loss) = (0.0, 0.0, f64::NAN);
+    let (mut win_loss, mut win_steps, mut win_samples, mut win_tokens) =
+        (0.0, 0u64, 0usize, 0usize);
+    let (mut win_wait, mut win_compute, mut win_comm, mut last_loss) = (0.0, 0.0, 0.0, f64::NAN);
     let (mut total_samples, mut train_secs) = (0usize, 0.0);
     let started = Instant::now();
 
@@ -222,13 +311,16 @@ pub fn train(cfg: &JobConfig) -> Result<RunSummary, Error> {
         }
         let lr = lr_at(t, step, total_steps);
         let wait_start = Instant::now();
-        let batch = loader.next_batch()?.ok_or_else(|| Error::Io("training loader ended early".into()))?;
+        let batch = loader
+            .next_batch()?
+            .ok_or_else(|| Error::Io("training loader ended early".into()))?;
         let wait = wait_start.elapsed().as_secs_f64();
 
         // Forward/backward over micro-batches; the loss is summed per sample and divided by the
-        // step's sample count, so accumulation gives exactly the full-batch gradient.
+        // step's sample count, so accumulation gives exactly the full-batch gradient. Every rank
+        // holds as many labelled rows as the others, so the mean over ranks is the global mean.
         let compute_start = Instant::now();
-        tch::manual_seed(step_seed(t.seed, step));
+        tch::manual_seed(step_seed(t.seed, step, comm.rank()));
         let (ids, mask, labels) = to_tensors(&batch, device);
         let valid = batch.labels.iter().filter(|&&l| l != IGNORE).count().max(1) as f64;
         let micro = batch.rows.div_ceil(t.grad_accum_steps) as i64;
@@ -236,7 +328,11 @@ pub fn train(cfg: &JobConfig) -> Result<RunSummary, Error> {
         let mut start = 0i64;
         while start < batch.rows as i64 {
             let len = micro.min(batch.rows as i64 - start);
-            let logits = net.classify(&ids.narrow(0, start, len), &mask.narrow(0, start, len), true)?;
+            let logits = net.classify(
+                &ids.narrow(0, start, len),
+                &mask.narrow(0, start, len),
+                true,
+            )?;
             let loss = logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
                 &labels.narrow(0, start, len),
                 None,
@@ -249,18 +345,29 @@ pub fn train(cfg: &JobConfig) -> Result<RunSummary, Error> {
             start += len;
         }
         if !step_loss.is_finite() {
-            return Err(Error::Diverged { step, loss: step_loss });
+            return Err(Error::Diverged {
+                step,
+                loss: step_loss,
+            });
         }
+        let comm_start = Instant::now();
+        average_gradients(comm, &params_in_order, bucket_bytes, step + 1)?;
+        let comm_secs = comm_start.elapsed().as_secs_f64();
         let grad_norm = opt.clip_grad_norm(t.grad_clip);
         opt.step(lr);
         opt.zero_grad();
         step += 1;
-        let compute = compute_start.elapsed().as_secs_f64();
+        let compute = compute_start.elapsed().as_secs_f64() - comm_secs;
 
-        train_secs += wait + compute;
-        total_samples += batch.rows;
-        (win_loss, win_steps, win_samples, win_tokens) =
-            (win_loss + step_loss, win_steps + 1, win_samples + batch.rows, win_tokens + batch.real_tokens);
+        train_secs += wait + compute + comm_secs;
+        win_comm += comm_secs;
+        total_samples += batch.rows * world;
+        (win_loss, win_steps, win_samples, win_tokens) = (
+            win_loss + step_loss,
+            win_steps + 1,
+            win_samples + batch.rows,
+            win_tokens + batch.real_tokens,
+        );
         (win_wait, win_compute) = (win_wait + wait, win_compute + compute);
         if let Some(bar) = &progress {
             bar.set_position(step);
@@ -268,8 +375,16 @@ pub fn train(cfg: &JobConfig) -> Result<RunSummary, Error> {
         }
 
         if step % t.log_every_steps == 0 || step == total_steps {
-            let secs = (win_wait + win_compute).max(1e-9);
-            last_loss = win_loss / win_steps as f64;
+            let secs = (win_wait + win_compute + win_comm).max(1e-9);
+            last_loss = sum_over_ranks(
+                comm,
+                &[win_loss / win_steps as f64],
+                device,
+                "loss reduction",
+            )?[0]
+                / world as f64;
+            // Every rank consumes the same number of rows and tokens per step, in the same time.
+            let (global_samples, global_tokens) = (win_samples * world, win_tokens * world);
             let record = TrainRecord {
                 kind: "train",
                 step,
@@ -277,44 +392,82 @@ pub fn train(cfg: &JobConfig) -> Result<RunSummary, Error> {
                 loss: last_loss,
                 lr,
                 grad_norm,
-                samples_per_s: win_samples as f64 / secs,
-                tokens_per_s: win_tokens as f64 / secs,
+                samples_per_s: global_samples as f64 / secs,
+                tokens_per_s: global_tokens as f64 / secs,
                 elapsed_s: train_secs,
                 data_wait_s: win_wait,
                 compute_s: win_compute,
+                comm_s: win_comm,
             };
-            tracing::info!(
-                step,
-                loss = format!("{:.5}", record.loss),
-                lr = format!("{lr:.3e}"),
-                grad_norm = format!("{grad_norm:.3}"),
-                samples_per_s = format!("{:.1}", record.samples_per_s),
-                "train"
-            );
-            metrics.write(&record)?;
-            (win_loss, win_steps, win_samples, win_tokens, win_wait, win_compute) = (0.0, 0, 0, 0, 0.0, 0.0);
+            if let Some(sink) = metrics.as_mut() {
+                tracing::info!(
+                    step,
+                    loss = format!("{:.5}", record.loss),
+                    lr = format!("{lr:.3e}"),
+                    grad_norm = format!("{grad_norm:.3}"),
+                    samples_per_s = format!("{:.1}", record.samples_per_s),
+                    "train"
+                );
+                sink.write(&record)?;
+            }
+            (win_loss, win_steps, win_samples, win_tokens) = (0.0, 0, 0, 0);
+            (win_wait, win_compute, win_comm) = (0.0, 0.0, 0.0);
         }
         if t.eval_every_steps > 0 && step % t.eval_every_steps == 0 && step < total_steps {
-            let result = evaluate(&net, &dataset, encoder.clone(), cfg, &cfg.data.eval_split, device)?;
-            log_eval(&mut metrics, step, &cfg.data.eval_split, &result)?;
+            let result = evaluate(
+                &net,
+                &dataset,
+                encoder.clone(),
+                cfg,
+                &cfg.data.eval_split,
+                device,
+                comm,
+            )?;
+            log_eval(metrics.as_mut(), step, &cfg.data.eval_split, &result)?;
         }
-        if cfg.checkpoint.every_steps > 0 && step % cfg.checkpoint.every_steps == 0 && step < total_steps {
-            save_checkpoint(cfg, &vs, &opt, &loader, &dataset, &model_cfg, step, &ckpt_root)?;
+        if root
+            && cfg.checkpoint.every_steps > 0
+            && step % cfg.checkpoint.every_steps == 0
+            && step < total_steps
+        {
+            save_checkpoint(
+                cfg, &vs, &opt, &loader, &dataset, &model_cfg, step, &ckpt_root, world,
+            )?;
         }
     }
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }
     if win_steps > 0 {
+        // A max_seconds stop is taken at the same step on every rank only by chance of timing;
+        // the window mean here stays local so no rank waits in a collective the others skip.
         last_loss = win_loss / win_steps as f64;
     }
 
-    save_checkpoint(cfg, &vs, &opt, &loader, &dataset, &model_cfg, step, &ckpt_root)?;
-    let weights = run_dir.join("model.safetensors");
-    vs.save(&weights).map_err(|e| Error::Io(format!("{}: {e}", weights.display())))?;
-    let eval = evaluate(&net, &dataset, encoder, cfg, &cfg.data.eval_split, device)?;
-    log_eval(&mut metrics, step, &cfg.data.eval_split, &eval)?;
-    tracing::info!(wall_s = format!("{:.1}", started.elapsed().as_secs_f64()), "done");
+    if root {
+        save_checkpoint(
+            cfg, &vs, &opt, &loader, &dataset, &model_cfg, step, &ckpt_root, world,
+        )?;
+        let weights = run_dir.join("model.safetensors");
+        vs.save(&weights)
+            .map_err(|e| Error::Io(format!("{}: {e}", weights.display())))?;
+    }
+    let eval = evaluate(
+        &net,
+        &dataset,
+        encoder,
+        cfg,
+        &cfg.data.eval_split,
+        device,
+        comm,
+    )?;
+    log_eval(metrics.as_mut(), step, &cfg.data.eval_split, &eval)?;
+    if root {
+        tracing::info!(
+            wall_s = format!("{:.1}", started.elapsed().as_secs_f64()),
+            "done"
+        );
+    }
     Ok(RunSummary {
         event: "summary",
         steps: step,
@@ -327,8 +480,23 @@ pub fn train(cfg: &JobConfig) -> Result<RunSummary, Error> {
     })
 }
 
-fn log_eval(metrics: &mut MetricsSink, step: u64, split: &str, r: &EvalResult) -> Result<(), Error> {
-    tracing::info!(step, split, loss = format!("{:.5}", r.loss), accuracy = format!("{:.4}", r.accuracy), "eval");
+/// Logs and records an evaluation (rank 0 only: the others pass no sink).
+fn log_eval(
+    metrics: Option<&mut MetricsSink>,
+    step: u64,
+    split: &str,
+    r: &EvalResult,
+) -> Result<(), Error> {
+    let Some(metrics) = metrics else {
+        return Ok(());
+    };
+    tracing::info!(
+        step,
+        split,
+        loss = format!("{:.5}", r.loss),
+        accuracy = format!("{:.4}", r.accuracy),
+        "eval"
+    );
     metrics.write(&EvalRecord {
         kind: "eval",
         step,
@@ -345,8 +513,10 @@ fn progress_bar(total: u64, start: u64) -> Option<indicatif::ProgressBar> {
     }
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_position(start);
     Some(bar)
@@ -362,6 +532,7 @@ fn save_checkpoint(
     model_cfg: &ModelConfig,
     step: u64,
     root: &Path,
+    world_size: usize,
 ) -> Result<(), Error> {
     let (optimizer, opt_step) = opt.state();
     debug_assert_eq!(opt_step, step);
@@ -371,9 +542,15 @@ fn save_checkpoint(
         cursor: loader.cursor(),
         dataset_fingerprint: dataset.fingerprint().to_string(),
         model_toml: model_toml(model_cfg)?,
-        world_size: 1,
+        world_size,
     };
-    let dir = checkpoint::save(root, &state, &named_params(vs), &optimizer, cfg.checkpoint.keep_last)?;
+    let dir = checkpoint::save(
+        root,
+        &state,
+        &named_params(vs),
+        &optimizer,
+        cfg.checkpoint.keep_last,
+    )?;
     tracing::info!(step, dir = %dir.display(), "checkpoint saved");
     Ok(())
 }
@@ -404,7 +581,10 @@ fn resume(
         Resume::Step(step) => step,
     };
     let loaded = checkpoint::load(root, step)?;
-    let refuse = |reason: String| Error::Checkpoint { path: loaded.dir.display().to_string(), reason };
+    let refuse = |reason: String| Error::Checkpoint {
+        path: loaded.dir.display().to_string(),
+        reason,
+    };
     if loaded.state.model_toml != model_toml(model_cfg)? {
         return Err(refuse(format!(
             "written for a different model:\n--- checkpoint\n{}--- this job\n{}",
@@ -422,23 +602,39 @@ fn resume(
     }
     let mut vars = vs.variables();
     for (name, tensor) in &loaded.model {
-        let var = vars.get_mut(name).ok_or_else(|| refuse(format!("unknown tensor {name}")))?;
+        let var = vars
+            .get_mut(name)
+            .ok_or_else(|| refuse(format!("unknown tensor {name}")))?;
         tch::no_grad(|| var.f_copy_(tensor)).map_err(|e| refuse(format!("{name}: {e}")))?;
     }
-    opt.load_state(&loaded.optimizer, loaded.state.step).map_err(refuse)?;
+    opt.load_state(&loaded.optimizer, loaded.state.step)
+        .map_err(refuse)?;
     tracing::info!(step, dir = %loaded.dir.display(), "resumed");
     Ok((loaded.state.step, loaded.state.cursor))
 }
 
 /// Loads `model.safetensors` from a finished run folder and evaluates it on `split`.
-pub fn evaluate_run(cfg: &JobConfig, weights: &Path, split: &str) -> Result<(EvalResult, Params), Error> {
+pub fn evaluate_run(
+    cfg: &JobConfig,
+    weights: &Path,
+    split: &str,
+) -> Result<(EvalResult, Params), Error> {
     let device = parse_device(&cfg.train.device)?;
     set_threads(cfg.train.threads);
     let (dataset, encoder) = open_data(cfg)?;
     let model_cfg = resolve_model(cfg, encoder.as_deref(), &dataset)?;
     let mut vs = nn::VarStore::new(device);
     let net = WaveNetwork::new(&vs.root(), &model_cfg)?;
-    vs.load(weights).map_err(|e| Error::Io(format!("{}: {e}", weights.display())))?;
-    let result = evaluate(&net, &dataset, encoder, cfg, split, device)?;
+    vs.load(weights)
+        .map_err(|e| Error::Io(format!("{}: {e}", weights.display())))?;
+    let result = evaluate(
+        &net,
+        &dataset,
+        encoder,
+        cfg,
+        split,
+        device,
+        &Communicator::local(),
+    )?;
     Ok((result, model_cfg.param_counts().into()))
 }

@@ -8,18 +8,28 @@ const BASE: &str = "[data]\nuri = \"data/x\"\n";
 fn overrides_take_toml_values_and_create_missing_sections() {
     let cfg = JobConfig::from_toml(
         BASE,
-        &["train.max_steps=7".into(), "model.mode=\"interference\"".into(), "train.lr=2e-3".into(), "name=run-a".into()],
+        &[
+            "train.max_steps=7".into(),
+            "model.mode=\"interference\"".into(),
+            "train.lr=2e-3".into(),
+            "name=run-a".into(),
+        ],
     )
     .expect("valid");
     assert_eq!(cfg.train.max_steps, 7);
     assert_eq!(cfg.model.mode, wave_model::Mode::Interference);
     assert_eq!(cfg.train.lr, 2e-3);
-    assert_eq!(cfg.name, "run-a", "a value that is not a TOML literal is taken as a string");
+    assert_eq!(
+        cfg.name, "run-a",
+        "a value that is not a TOML literal is taken as a string"
+    );
 }
 
 #[test]
 fn resume_accepts_never_auto_or_a_step() {
-    let parse = |v: &str| JobConfig::from_toml(BASE, &[format!("train.resume={v}")]).map(|c| c.train.resume);
+    let parse = |v: &str| {
+        JobConfig::from_toml(BASE, &[format!("train.resume={v}")]).map(|c| c.train.resume)
+    };
     assert_eq!(parse("\"never\"").expect("never"), Resume::Never);
     assert_eq!(parse("\"auto\"").expect("auto"), Resume::Auto);
     assert_eq!(parse("120").expect("step"), Resume::Step(120));
@@ -46,9 +56,13 @@ fn errors_name_the_key() {
         ("train.lr.x=1", "train.lr"),
     ];
     for (set, key) in cases {
-        let err = JobConfig::from_toml(BASE, &[set.into()]).expect_err(set).to_string();
+        let err = JobConfig::from_toml(BASE, &[set.into()])
+            .expect_err(set)
+            .to_string();
         assert!(err.contains(key), "{set}: {err}");
     }
-    let err = JobConfig::from_toml("[model]\nd_model = 8\n", &[]).expect_err("no data section").to_string();
+    let err = JobConfig::from_toml("[model]\nd_model = 8\n", &[])
+        .expect_err("no data section")
+        .to_string();
     assert!(err.contains("data"), "{err}");
 }

@@ -5,7 +5,9 @@ use wave_train::optim::{lr_at, AdamW};
 use wave_train::{Schedule, TrainConfig};
 
 fn leaf(values: &[f64], shape: &[i64]) -> Tensor {
-    Tensor::from_slice(values).view(shape).set_requires_grad(true)
+    Tensor::from_slice(values)
+        .view(shape)
+        .set_requires_grad(true)
 }
 
 /// Gives `param` exactly `grad` as its gradient (d/dp sum(p * g) = g).
@@ -29,8 +31,17 @@ fn adamw_matches_pytorch_with_decay_on_matrices_only() {
     //   three steps with the gradients below → the values asserted here.
     let p = leaf(&[1.0, -2.0, 3.0, 0.5], &[2, 2]);
     let b = leaf(&[0.25, -0.75], &[2]);
-    let cfg = TrainConfig { weight_decay: 0.01, ..Default::default() };
-    let mut opt = AdamW::new(vec![("b".into(), b.shallow_clone()), ("p".into(), p.shallow_clone())], &cfg);
+    let cfg = TrainConfig {
+        weight_decay: 0.01,
+        ..Default::default()
+    };
+    let mut opt = AdamW::new(
+        vec![
+            ("b".into(), b.shallow_clone()),
+            ("p".into(), p.shallow_clone()),
+        ],
+        &cfg,
+    );
     let grads: [([f64; 4], [f64; 2]); 3] = [
         ([0.5, -1.0, 2.0, 0.1], [1.0, -0.5]),
         ([0.3, 0.2, -1.0, 0.4], [0.2, 0.2]),
@@ -43,7 +54,15 @@ fn adamw_matches_pytorch_with_decay_on_matrices_only() {
         opt.step(0.1);
     }
     assert_eq!(opt.steps(), 3);
-    assert_close(&p, &[0.7394092175409823, -1.8558423461266214, 2.8305589128417403, 0.29268137091568736]);
+    assert_close(
+        &p,
+        &[
+            0.7394092175409823,
+            -1.8558423461266214,
+            2.8305589128417403,
+            0.29268137091568736,
+        ],
+    );
     assert_close(&b, &[0.03526052917695257, -0.6665503293054988]);
 }
 
@@ -64,29 +83,53 @@ fn adamw_state_round_trips_exactly() {
     for ((_, a), (_, b)) in state.iter().zip(&again) {
         assert!(a.equal(b));
     }
-    let wrong = vec![("p.exp_avg".to_string(), Tensor::zeros([3], (Kind::Double, Device::Cpu)))];
+    let wrong = vec![(
+        "p.exp_avg".to_string(),
+        Tensor::zeros([3], (Kind::Double, Device::Cpu)),
+    )];
     assert!(restored.load_state(&wrong, 1).is_err());
 }
 
 #[test]
 fn gradient_clipping_caps_the_global_norm_and_reports_it_unclipped() {
     let p = leaf(&[0.0, 0.0], &[2]);
-    let mut opt = AdamW::new(vec![("p".into(), p.shallow_clone())], &TrainConfig::default());
+    let mut opt = AdamW::new(
+        vec![("p".into(), p.shallow_clone())],
+        &TrainConfig::default(),
+    );
     set_grad(&p, &[3.0, 4.0]);
     assert!((opt.clip_grad_norm(1.0) - 5.0).abs() < 1e-9);
-    assert_close(&p.grad(), &[0.6 * (1.0 / (1.0 + 2e-7)), 0.8 * (1.0 / (1.0 + 2e-7))]);
+    assert_close(
+        &p.grad(),
+        &[0.6 * (1.0 / (1.0 + 2e-7)), 0.8 * (1.0 / (1.0 + 2e-7))],
+    );
 }
 
 #[test]
 fn learning_rate_warms_up_linearly_then_decays_to_min_lr() {
-    let cfg = TrainConfig { lr: 1e-3, min_lr: 1e-4, warmup_steps: 10, schedule: Schedule::Linear, ..Default::default() };
+    let cfg = TrainConfig {
+        lr: 1e-3,
+        min_lr: 1e-4,
+        warmup_steps: 10,
+        schedule: Schedule::Linear,
+        ..Default::default()
+    };
     assert!((lr_at(&cfg, 0, 110) - 1e-4).abs() < 1e-15);
     assert!((lr_at(&cfg, 9, 110) - 1e-3).abs() < 1e-15);
     assert!((lr_at(&cfg, 60, 110) - 5.5e-4).abs() < 1e-12);
     assert!((lr_at(&cfg, 110, 110) - 1e-4).abs() < 1e-15);
-    let cosine = TrainConfig { schedule: Schedule::Cosine, ..cfg.clone() };
-    assert!((lr_at(&cosine, 60, 110) - 5.5e-4).abs() < 1e-12, "cosine is at the midpoint halfway");
+    let cosine = TrainConfig {
+        schedule: Schedule::Cosine,
+        ..cfg.clone()
+    };
+    assert!(
+        (lr_at(&cosine, 60, 110) - 5.5e-4).abs() < 1e-12,
+        "cosine is at the midpoint halfway"
+    );
     assert!(lr_at(&cosine, 30, 110) > lr_at(&cfg, 30, 110));
-    let constant = TrainConfig { schedule: Schedule::Constant, ..cfg };
+    let constant = TrainConfig {
+        schedule: Schedule::Constant,
+        ..cfg
+    };
     assert_eq!(lr_at(&constant, 100, 110), 1e-3);
 }
