@@ -9,6 +9,7 @@
 # ignored path):
 #   comm-check      wave-comm's example built with `nccl` only (no libmpi needed at run time)
 #   comm-check-mpi  the same with `mpi` too, for the host-staged MPI path (needs mpirun there)
+#   wave-dist       the trainer built with `nccl` and without `mpi` (runs without an MPI install)
 # The Python whose torch supplies libtorch and the NVIDIA libraries: $PYTHON (default python3).
 # Logs go to $OUT/gpu-check (or /tmp/gpu-check). Exit status: 0 when nothing failed (SKIP is not
 # a failure). To add a check, call run_check NAME LIMIT_S DETAIL_REGEX COMMAND... before `table`.
@@ -26,6 +27,10 @@ if [ "${1:-}" = "--build" ]; then
   cp "$CARGO_TARGET_DIR/release/examples/comm-check" "$BIN_DIR/comm-check"
   cargo build --release -p wave-comm --features mpi,nccl --example comm-check
   cp "$CARGO_TARGET_DIR/release/examples/comm-check" "$BIN_DIR/comm-check-mpi"
+  cargo build --release -p wave-dist --no-default-features --features nccl
+  cp "$CARGO_TARGET_DIR/release/wave-dist" "$BIN_DIR/wave-dist"
+  # Put the default (MPI) build back where the tests and scripts expect it.
+  cargo build --release -p wave-dist
   ls -l "$BIN_DIR"
   exit 0
 fi
@@ -95,6 +100,44 @@ else
     env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
     mpirun --oversubscribe -x LD_LIBRARY_PATH -n 2 \
     "$BIN_DIR/comm-check-mpi" collectives --backend mpi --device cuda --bench-mb 64 --timeout 60
+fi
+
+# 5. Single-GPU training steps: samples/s and peak GPU memory, on a synthetic labelled corpus made
+#    here (no data set travels) and tokenized by wave-dist itself.
+if [ ! -x "$BIN_DIR/wave-dist" ]; then
+  record gpu-train-steps SKIP "$BIN_DIR/wave-dist missing"
+else
+  WORK="$LOGS/train-work"
+  rm -rf "$WORK" && mkdir -p "$WORK"
+  "$PY" - "$WORK/corpus.jsonl" <<'PY'
+import json, random, sys
+random.seed(0)
+words = [f"w{i}" for i in range(4000)]
+with open(sys.argv[1], "w") as f:
+    for i in range(8000):
+        label = i % 2
+        topical = words[label * 2000:(label + 1) * 2000]
+        text = " ".join(random.choice(topical if random.random() < 0.3 else words) for _ in range(random.randint(60, 250)))
+        f.write(json.dumps({"text": text, "label": label}) + "\n")
+PY
+  if "$BIN_DIR/wave-dist" tokenizer train --kind wordpiece --vocab-size 6000 --input "$WORK/corpus.jsonl" \
+       --out "$WORK/tokenizer.json" >"$LOGS/gpu-train-prepare.log" 2>&1 &&
+     "$BIN_DIR/wave-dist" data prepare --format jsonl --input "$WORK/corpus.jsonl" --out "$WORK/data" \
+       --tokenizer "$WORK/tokenizer.json" >>"$LOGS/gpu-train-prepare.log" 2>&1; then
+    ( while sleep 0.2; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1; done ) >"$LOGS/gpu-memory.txt" 2>/dev/null &
+    POLL=$!
+    run_check gpu-train-steps 300 '"event":"summary"' \
+      "$BIN_DIR/wave-dist" train --config "$ROOT/configs/imdb.toml" --device cuda \
+      --set "data.uri=\"$WORK/data\"" --set 'data.tokenizer=""' --set data.max_length=256 \
+      --set train.max_steps=60 --set train.log_every_steps=10 --set train.eval_max_batches=5 \
+      --set checkpoint.every_steps=0 --set "train.run_dir=\"$WORK/run\""
+    kill "$POLL" 2>/dev/null
+    PEAK="$(sort -n "$LOGS/gpu-memory.txt" | tail -1)"
+    SPS="$(grep -o '"train_samples_per_s":[0-9.]*' "$LOGS/gpu-train-steps.log" | cut -d: -f2)"
+    record gpu-train-throughput INFO "d=768 max_len=256 batch=64: ${SPS:-?} samples/s, peak GPU memory ${PEAK:-?} MiB (nvidia-smi, whole device)"
+  else
+    record gpu-train-steps FAIL "preparing the synthetic corpus failed (log $LOGS/gpu-train-prepare.log)"
+  fi
 fi
 
 rm -rf "$SHIM"
