@@ -8,5 +8,10 @@ ROOT="$(dirname "$HERE")"
 source "$HERE/env.sh"
 cd "$ROOT"
 export WAVE_SHARED_DATA="${WAVE_SHARED_DATA:-$(cd "$ROOT/.." && pwd)/shared/data}"
+echo "==> MPI-free build (--no-default-features): the local debugging mode needs no MPI runtime"
+cargo build --release -p wave-dist --no-default-features
+mkdir -p "$CARGO_TARGET_DIR/no-mpi"
+cp "$CARGO_TARGET_DIR/release/wave-dist" "$CARGO_TARGET_DIR/no-mpi/wave-dist"
+export WAVE_NO_MPI_BIN="$CARGO_TARGET_DIR/no-mpi/wave-dist"
 echo "==> cargo test --release --workspace (shared data: $WAVE_SHARED_DATA)"
 cargo test --release --workspace
