@@ -61,8 +61,10 @@ pub struct TrainRecord {
     pub data_wait_s: f64,
     /// Seconds of the window spent in forward, backward and the optimizer.
     pub compute_s: f64,
-    /// Seconds of the window spent averaging gradients over ranks.
+    /// Seconds of the window spent averaging gradients over ranks (the reduction itself).
     pub comm_s: f64,
+    /// Seconds of the window spent waiting for slower ranks before averaging.
+    pub skew_s: f64,
 }
 
 /// One `kind = "eval"` metrics line.

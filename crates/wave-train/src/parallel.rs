@@ -2,6 +2,7 @@
 //! bucketed gradient averaging and metric reductions. With one rank every function is free.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
 use wave_comm::Communicator;
@@ -92,17 +93,32 @@ pub fn broadcast_parameters(comm: &Communicator, params: &[(String, Tensor)]) ->
     })
 }
 
+/// Seconds one gradient synchronisation took.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyncTimes {
+    /// Waiting at a barrier for the slowest rank to finish its backward pass (load imbalance).
+    pub skew_s: f64,
+    /// Flattening, all-reducing and unflattening the gradient buckets.
+    pub reduce_s: f64,
+}
+
 /// Averages the gradients over ranks: flattened into buckets of about `bucket_bytes`, one
-/// all-reduce each. Called once per optimizer step, after the last micro-batch.
+/// all-reduce each. Called once per optimizer step, after the last micro-batch. A barrier first
+/// separates waiting for slower ranks from the cost of the reduction itself (one small message
+/// per step; a stalled rank then shows up as skew, not as a slow network).
 pub fn average_gradients(
     comm: &Communicator,
     params: &[Tensor],
     bucket_bytes: usize,
     step: u64,
-) -> Result<(), Error> {
+) -> Result<SyncTimes, Error> {
     if comm.world_size() == 1 {
-        return Ok(());
+        return Ok(SyncTimes::default());
     }
+    let started = Instant::now();
+    comm.barrier(&format!("before the gradients of step {step}"))?;
+    let skew_s = started.elapsed().as_secs_f64();
+    let reduce_start = Instant::now();
     let grads: Vec<Tensor> = params
         .iter()
         .map(Tensor::grad)
@@ -133,7 +149,7 @@ pub fn average_gradients(
         })?;
         start = end;
     }
-    Ok(())
+    Ok(SyncTimes { skew_s, reduce_s: reduce_start.elapsed().as_secs_f64() })
 }
 
 /// Sums a few numbers over ranks (in f32, the collectives' type; fine for counts below 2^24).

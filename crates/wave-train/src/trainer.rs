@@ -300,7 +300,7 @@ fn train_on(cfg: &JobConfig, comm: &Communicator, device: Device) -> Result<RunS
     // Window accumulators for the metrics line.
     let (mut win_loss, mut win_steps, mut win_samples, mut win_tokens) =
         (0.0, 0u64, 0usize, 0usize);
-    let (mut win_wait, mut win_compute, mut win_comm, mut last_loss) = (0.0, 0.0, 0.0, f64::NAN);
+    let (mut win_wait, mut win_compute, mut win_comm, mut win_skew, mut last_loss) = (0.0, 0.0, 0.0, 0.0, f64::NAN);
     let (mut total_samples, mut train_secs) = (0usize, 0.0);
     let started = Instant::now();
 
@@ -351,8 +351,9 @@ fn train_on(cfg: &JobConfig, comm: &Communicator, device: Device) -> Result<RunS
             });
         }
         let comm_start = Instant::now();
-        average_gradients(comm, &params_in_order, bucket_bytes, step + 1)?;
+        let sync = average_gradients(comm, &params_in_order, bucket_bytes, step + 1)?;
         let comm_secs = comm_start.elapsed().as_secs_f64();
+        win_skew += sync.skew_s;
         let grad_norm = opt.clip_grad_norm(t.grad_clip);
         opt.step(lr);
         opt.zero_grad();
@@ -360,7 +361,7 @@ fn train_on(cfg: &JobConfig, comm: &Communicator, device: Device) -> Result<RunS
         let compute = compute_start.elapsed().as_secs_f64() - comm_secs;
 
         train_secs += wait + compute + comm_secs;
-        win_comm += comm_secs;
+        win_comm += sync.reduce_s;
         total_samples += batch.rows * world;
         (win_loss, win_steps, win_samples, win_tokens) = (
             win_loss + step_loss,
@@ -375,7 +376,7 @@ fn train_on(cfg: &JobConfig, comm: &Communicator, device: Device) -> Result<RunS
         }
 
         if step % t.log_every_steps == 0 || step == total_steps {
-            let secs = (win_wait + win_compute + win_comm).max(1e-9);
+            let secs = (win_wait + win_compute + win_comm + win_skew).max(1e-9);
             last_loss = sum_over_ranks(
                 comm,
                 &[win_loss / win_steps as f64],
@@ -398,6 +399,7 @@ fn train_on(cfg: &JobConfig, comm: &Communicator, device: Device) -> Result<RunS
                 data_wait_s: win_wait,
                 compute_s: win_compute,
                 comm_s: win_comm,
+                skew_s: win_skew,
             };
             if let Some(sink) = metrics.as_mut() {
                 tracing::info!(
@@ -411,7 +413,7 @@ fn train_on(cfg: &JobConfig, comm: &Communicator, device: Device) -> Result<RunS
                 sink.write(&record)?;
             }
             (win_loss, win_steps, win_samples, win_tokens) = (0.0, 0, 0, 0);
-            (win_wait, win_compute, win_comm) = (0.0, 0.0, 0.0);
+            (win_wait, win_compute, win_comm, win_skew) = (0.0, 0.0, 0.0, 0.0);
         }
         if t.eval_every_steps > 0 && step % t.eval_every_steps == 0 && step < total_steps {
             let result = evaluate(
