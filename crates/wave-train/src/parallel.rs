@@ -102,8 +102,9 @@ pub struct SyncTimes {
     pub reduce_s: f64,
 }
 
-/// Averages the gradients over ranks: flattened into buckets of about `bucket_bytes`, one
-/// all-reduce each. Called once per optimizer step, after the last micro-batch. A barrier first
+/// Averages the gradients over ranks: flattened into buckets of about `bucket_bytes`, one sum
+/// all-reduce each (the trainer scales the loss by `1 / world`, so the sum is the mean without
+/// another pass over memory). Called once per optimizer step, after the last micro-batch. A barrier first
 /// separates waiting for slower ranks from the cost of the reduction itself (one small message
 /// per step; a stalled rank then shows up as skew, not as a slow network).
 pub fn average_gradients(
@@ -135,9 +136,14 @@ pub fn average_gradients(
             end += 1;
         }
         tch::no_grad(|| -> Result<(), Error> {
+            if end - start == 1 && grads[start].is_contiguous() {
+                // A tensor that fills a bucket alone (the embedding) is reduced where it lies.
+                let mut view = grads[start].view([-1]);
+                return Ok(comm.all_reduce_sum_(&mut view, &context)?);
+            }
             let flat: Vec<Tensor> = grads[start..end].iter().map(|g| g.reshape([-1])).collect();
             let mut bucket = Tensor::cat(&flat, 0);
-            comm.all_reduce_mean_(&mut bucket, &context)?;
+            comm.all_reduce_sum_(&mut bucket, &context)?;
             let mut offset = 0;
             for g in &grads[start..end] {
                 let n = g.numel() as i64;

@@ -340,7 +340,8 @@ fn train_on(cfg: &JobConfig, comm: &Communicator, device: Device) -> Result<RunS
                 IGNORE,
                 0.0,
             ) / valid;
-            loss.backward();
+            // Scaled by 1 / world so that summing the ranks' gradients averages them.
+            (&loss * (1.0 / world as f64)).backward();
             step_loss += loss.double_value(&[]);
             start += len;
         }
