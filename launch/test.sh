@@ -13,5 +13,7 @@ cargo build --release -p wave-dist --no-default-features
 mkdir -p "$CARGO_TARGET_DIR/no-mpi"
 cp "$CARGO_TARGET_DIR/release/wave-dist" "$CARGO_TARGET_DIR/no-mpi/wave-dist"
 export WAVE_NO_MPI_BIN="$CARGO_TARGET_DIR/no-mpi/wave-dist"
+echo "==> the NCCL backend compiles, and wave-comm's CPU-side tests pass with it enabled"
+cargo test --release -p wave-comm --features nccl --test local --test launcher
 echo "==> cargo test --release --workspace (shared data: $WAVE_SHARED_DATA)"
 cargo test --release --workspace

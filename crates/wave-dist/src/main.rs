@@ -76,6 +76,19 @@ impl ConfigArgs {
 struct TrainArgs {
     #[command(flatten)]
     config: ConfigArgs,
+    /// Collective backend: auto, local, mpi or nccl (shorthand for --set comm.backend=...).
+    /// auto = NCCL for CUDA when libnccl loads, else MPI under an MPI launcher, else local.
+    #[arg(long, value_name = "BACKEND")]
+    backend: Option<String>,
+    /// This process's rank, overriding the launcher's variables (sets WAVE_RANK).
+    #[arg(long)]
+    rank: Option<usize>,
+    /// Number of ranks, overriding the launcher's variables (sets WAVE_WORLD_SIZE).
+    #[arg(long)]
+    world_size: Option<usize>,
+    /// Rank within this node, overriding the launcher's variables (sets WAVE_LOCAL_RANK).
+    #[arg(long)]
+    local_rank: Option<usize>,
 }
 
 #[derive(Args)]
@@ -118,7 +131,21 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
 }
 
 fn train(args: TrainArgs) -> Result<()> {
-    let cfg = args.config.load()?;
+    // Explicit flags win over any launcher; wave-comm reads them with the launcher's variables.
+    for (var, value) in [
+        (wave_comm::RANK_VAR, args.rank),
+        (wave_comm::WORLD_SIZE_VAR, args.world_size),
+        (wave_comm::LOCAL_RANK_VAR, args.local_rank),
+    ] {
+        if let Some(v) = value {
+            std::env::set_var(var, v.to_string());
+        }
+    }
+    let mut config = args.config;
+    if let Some(backend) = &args.backend {
+        config.overrides.push(format!("comm.backend=\"{backend}\""));
+    }
+    let cfg = config.load()?;
     let summary = wave_train::train(&cfg)?;
     print_json(&summary)
 }

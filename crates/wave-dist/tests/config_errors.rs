@@ -85,3 +85,17 @@ fn every_subcommand_documents_its_options() {
         assert!(eval.contains(opt), "eval --help lists {opt}");
     }
 }
+
+#[test]
+fn an_unknown_backend_is_rejected_with_the_valid_ones() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(tmp.path(), MINIMAL);
+    fails_naming(&wave_dist(&["train", "--config", &cfg, "--backend", "gloo"]), &["comm", "gloo"]);
+}
+
+#[test]
+fn a_rank_outside_the_world_is_rejected_naming_the_flags() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(tmp.path(), MINIMAL);
+    fails_naming(&wave_dist(&["train", "--config", &cfg, "--rank", "3", "--world-size", "2"]), &["WAVE_RANK"]);
+}
