@@ -15,5 +15,8 @@ cp "$CARGO_TARGET_DIR/release/wave-dist" "$CARGO_TARGET_DIR/no-mpi/wave-dist"
 export WAVE_NO_MPI_BIN="$CARGO_TARGET_DIR/no-mpi/wave-dist"
 echo "==> the NCCL backend compiles, and wave-comm's CPU-side tests pass with it enabled"
 cargo test --release -p wave-comm --features nccl --test local --test launcher
+echo "==> Kubernetes manifests: schemas (kubernetes-validate) and semantics (launch/validate-k8s.py)"
+kubernetes-validate --strict -k 1.30.0 k8s/*.yaml
+python launch/validate-k8s.py k8s/*.yaml
 echo "==> cargo test --release --workspace (shared data: $WAVE_SHARED_DATA)"
 cargo test --release --workspace
