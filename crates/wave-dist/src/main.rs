@@ -111,6 +111,13 @@ struct EvalArgs {
     /// Device: cpu, cuda or cuda:N.
     #[arg(long)]
     device: Option<String>,
+    /// Instead of evaluating, write the first --dump-rows rows' ids, mask and logits as JSON
+    /// (for checking another implementation, e.g. bench/peer_logits.py, against this one).
+    #[arg(long, value_name = "FILE", hide = true)]
+    dump_logits: Option<PathBuf>,
+    /// Rows written by --dump-logits.
+    #[arg(long, default_value_t = 8, hide = true)]
+    dump_rows: usize,
 }
 
 #[derive(Args)]
@@ -162,6 +169,11 @@ fn eval(args: EvalArgs) -> Result<()> {
     }
     let cfg = JobConfig::load(&config, &overrides)?;
     let split = args.split.clone().unwrap_or_else(|| cfg.data.eval_split.clone());
+    if let Some(path) = &args.dump_logits {
+        let dump = wave_train::logits_of_run(&cfg, &weights, &split, args.dump_rows)?;
+        std::fs::write(path, serde_json::to_vec(&dump)?).with_context(|| format!("writing {}", path.display()))?;
+        return Ok(());
+    }
     let (result, params) = wave_train::evaluate_run(&cfg, &weights, &split)?;
     print_json(&serde_json::json!({
         "event": "eval", "split": split, "loss": result.loss, "accuracy": result.accuracy,

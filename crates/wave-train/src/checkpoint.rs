@@ -1,22 +1,47 @@
-//! Checkpoints on local disk: `step-NNNNNNNN/` folders holding the model and optimizer tensors as
-//! safetensors plus a small `state.json`, published by renaming a finished temporary folder (the
-//! rename is the commit), and a `latest` pointer replaced by rename.
+//! The trainer's side of checkpoints: what goes into one and how it comes back. Storage, hashes,
+//! the commit marker, the `latest` pointer, background uploads and retention are `wave-ckpt`'s.
 //!
-//! A crash at any moment leaves either the previous `latest` or the new one, never a partial
-//! folder under a committed name. (Object-storage checkpoints with per-object hashes and a
-//! conditional `latest` put are a separate component.)
+//! A checkpoint of step N is five objects under `<checkpoint.uri>/step-000000NN/`:
+//!
+//! ```text
+//! model.safetensors       model parameters by name (what `checkpoint export` hands to PyTorch)
+//! optimizer.safetensors   AdamW moments `<param>.exp_avg` / `<param>.exp_avg_sq`
+//! state.json              CheckpointState: step, loader cursor, world size, data fingerprint, …
+//! config.toml             the resolved job config (what `checkpoint export` reads [model] from)
+//! metrics.json            the last train and eval metrics lines
+//! ```
+//!
+//! Pre-emption: [`sigterm_flag`] turns SIGTERM into a flag the training loop checks once per
+//! step, so a pre-empted single-process job finishes its step, saves, waits for the upload and
+//! exits 0 (the checkpoint is committed, so the scheduler's retry resumes cleanly; a failed
+//! final save exits non-zero). Multi-rank jobs keep SIGTERM's default action: mpirun sends it to
+//! the surviving ranks when one dies, and they must end at once rather than wait in a collective
+//! that can never complete; they resume from their last periodic checkpoint.
 
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
+use tch::{Device, Tensor};
+use wave_ckpt::{CheckpointStore, RetryPolicy};
 use wave_data::Cursor;
 
+use crate::config::Resume;
 use crate::Error;
 
 /// Version of [`CheckpointState`]'s layout.
-pub const CHECKPOINT_VERSION: u32 = 1;
+pub const CHECKPOINT_VERSION: u32 = 2;
+/// Object holding the model parameters.
+pub const MODEL: &str = "model.safetensors";
+/// Object holding the optimizer moments.
+pub const OPTIMIZER: &str = "optimizer.safetensors";
+/// Object holding [`CheckpointState`] as JSON.
+pub const STATE: &str = "state.json";
+/// Object holding the resolved job config.
+pub const CONFIG: &str = "config.toml";
+/// Object holding the last metrics lines.
+pub const METRICS: &str = "metrics.json";
 
 /// Everything besides tensors that a resume needs.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -26,7 +51,7 @@ pub struct CheckpointState {
     pub version: u32,
     /// Optimizer steps completed.
     pub step: u64,
-    /// Data loader position after `step` steps.
+    /// Data loader position after `step` steps (valid at any world size).
     pub cursor: Cursor,
     /// Fingerprint of the data set trained on.
     pub dataset_fingerprint: String,
@@ -34,132 +59,157 @@ pub struct CheckpointState {
     pub model_toml: String,
     /// World size that wrote it.
     pub world_size: usize,
+    /// The optimizer's own step counter (bias correction).
+    pub optimizer_step: u64,
 }
 
-fn step_dir(root: &Path, step: u64) -> PathBuf {
-    root.join(format!("step-{step:08}"))
+/// Opens the checkpoint root `uri` (folder, `file://`, `s3://`, …) for a job of `world_size` ranks.
+pub fn open(uri: &str, world_size: usize) -> Result<CheckpointStore, Error> {
+    CheckpointStore::open(uri, RetryPolicy::default())
+        .map(|s| s.with_writer(world_size, concat!("wave-dist ", env!("CARGO_PKG_VERSION"))))
+        .map_err(|e| store_error(uri, e))
 }
 
-fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), Error> {
-    Tensor::write_safetensors(tensors, path)
-        .map_err(|e| Error::Io(format!("{}: {e}", path.display())))
+/// A `wave-ckpt` error as the trainer's, naming the checkpoint root.
+pub fn store_error(uri: &str, e: wave_ckpt::Error) -> Error {
+    Error::Checkpoint { path: uri.to_string(), reason: e.to_string() }
 }
 
-/// Writes one checkpoint and moves `latest` to it; deletes all but the newest `keep_last`.
-pub fn save(
-    root: &Path,
+/// Serialises tensors (copied to the CPU) into safetensors bytes; the same tensors give the same
+/// bytes.
+pub fn to_safetensors(tensors: &[(String, Tensor)]) -> Result<Bytes, Error> {
+    let cpu: Vec<(String, Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t.to_device(Device::Cpu))).collect();
+    let tmp = tempfile::NamedTempFile::new().map_err(|e| Error::Io(format!("temporary file for safetensors: {e}")))?;
+    Tensor::write_safetensors(&cpu, tmp.path()).map_err(|e| Error::Io(format!("{}: {e}", tmp.path().display())))?;
+    std::fs::read(tmp.path()).map(Bytes::from).map_err(|e| Error::io(tmp.path(), e))
+}
+
+/// Parses safetensors bytes into CPU tensors.
+fn from_safetensors(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
+    let tmp = tempfile::NamedTempFile::new().map_err(|e| format!("temporary file: {e}"))?;
+    std::fs::write(tmp.path(), bytes).map_err(|e| format!("{}: {e}", tmp.path().display()))?;
+    Tensor::read_safetensors(tmp.path()).map_err(|e| e.to_string())
+}
+
+/// The objects of one checkpoint, in the order they are listed in the module docs. Tensors are
+/// copied out synchronously, so training may change them as soon as this returns.
+pub fn objects(
     state: &CheckpointState,
     model: &[(String, Tensor)],
     optimizer: &[(String, Tensor)],
-    keep_last: usize,
-) -> Result<PathBuf, Error> {
-    fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
-    let tmp = root.join(format!(
-        ".tmp-step-{:08}-{}",
-        state.step,
-        std::process::id()
-    ));
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    write_safetensors(&tmp.join("model.safetensors"), model)?;
-    write_safetensors(&tmp.join("optimizer.safetensors"), optimizer)?;
-    let json = serde_json::to_vec_pretty(state).map_err(|e| Error::Io(e.to_string()))?;
-    fs::write(tmp.join("state.json"), json).map_err(|e| Error::io(&tmp, e))?;
-    let dir = step_dir(root, state.step);
-    if dir.exists() {
-        fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    }
-    fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
-    let latest_tmp = root.join(format!(".latest-{}", std::process::id()));
-    let name = format!("step-{:08}\n", state.step);
-    fs::write(&latest_tmp, name)
-        .and_then(|_| fs::rename(&latest_tmp, root.join("latest")))
-        .map_err(|e| Error::io(root, e))?;
-    if keep_last > 0 {
-        let mut steps = committed_steps(root)?;
-        steps.sort_unstable();
-        let excess = steps.len().saturating_sub(keep_last);
-        for old in &steps[..excess] {
-            let _ = fs::remove_dir_all(step_dir(root, *old));
-        }
-    }
-    Ok(dir)
+    config_toml: &str,
+    metrics: &serde_json::Value,
+) -> Result<Vec<(String, Bytes)>, Error> {
+    Ok(vec![
+        (MODEL.to_string(), to_safetensors(model)?),
+        (OPTIMIZER.to_string(), to_safetensors(optimizer)?),
+        (STATE.to_string(), json(state)?),
+        (CONFIG.to_string(), Bytes::from(config_toml.to_string())),
+        (METRICS.to_string(), json(metrics)?),
+    ])
 }
 
-/// Steps with a published folder under `root`.
-pub fn committed_steps(root: &Path) -> Result<Vec<u64>, Error> {
-    let Ok(entries) = fs::read_dir(root) else {
-        return Ok(Vec::new());
-    };
-    let mut steps = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(root, e))?;
-        if let Some(step) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.strip_prefix("step-"))
-            .and_then(|n| n.parse().ok())
-        {
-            steps.push(step);
-        }
-    }
-    Ok(steps)
+/// Pretty JSON bytes of a checkpoint document.
+fn json<T: Serialize>(value: &T) -> Result<Bytes, Error> {
+    serde_json::to_vec_pretty(value).map(Bytes::from).map_err(|e| Error::Io(format!("checkpoint JSON: {e}")))
 }
 
-/// The step `latest` points at, if any.
-pub fn latest_step(root: &Path) -> Result<Option<u64>, Error> {
-    let path = root.join("latest");
-    match fs::read_to_string(&path) {
-        Ok(text) => text
-            .trim()
-            .strip_prefix("step-")
-            .and_then(|n| n.parse().ok())
-            .map(Some)
-            .ok_or_else(|| Error::Checkpoint {
-                path: path.display().to_string(),
-                reason: format!("unreadable pointer {text:?}"),
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(&path, e)),
-    }
-}
-
-/// A loaded checkpoint.
+/// A checkpoint read back and verified.
 pub struct Loaded {
-    /// Its folder.
-    pub dir: PathBuf,
+    /// The step folder's URL (for messages).
+    pub uri: String,
     /// Non-tensor state.
     pub state: CheckpointState,
-    /// Model tensors by name.
+    /// Model tensors by name (on the CPU).
     pub model: Vec<(String, Tensor)>,
-    /// Optimizer tensors by name.
+    /// Optimizer tensors by name (on the CPU).
     pub optimizer: Vec<(String, Tensor)>,
 }
 
-/// Reads the checkpoint of `step`.
-pub fn load(root: &Path, step: u64) -> Result<Loaded, Error> {
-    let dir = step_dir(root, step);
-    let fail = |reason: String| Error::Checkpoint {
-        path: dir.display().to_string(),
-        reason,
-    };
-    let state_bytes =
-        fs::read(dir.join("state.json")).map_err(|e| fail(format!("state.json: {e}")))?;
-    let state: CheckpointState =
-        serde_json::from_slice(&state_bytes).map_err(|e| fail(format!("state.json: {e}")))?;
+/// Reads the committed checkpoint of `step`; `wave-ckpt` checks every object's size and sha256,
+/// and any failure names the step folder and the object.
+pub fn load(store: &CheckpointStore, step: u64) -> Result<Loaded, Error> {
+    let uri = format!("{}/{}", store.uri().trim_end_matches('/'), wave_ckpt::step_dir(step));
+    let ckpt = store.load(step).map_err(|e| store_error(store.uri(), e))?;
+    let fail = |reason: String| Error::Checkpoint { path: uri.clone(), reason };
+    let object = |name: &str| ckpt.object(name).ok_or_else(|| fail(format!("has no {name}")));
+    let state: CheckpointState = serde_json::from_slice(object(STATE)?).map_err(|e| fail(format!("{STATE}: {e}")))?;
     if state.version != CHECKPOINT_VERSION {
-        return Err(fail(format!(
-            "layout version {} (this build reads {CHECKPOINT_VERSION})",
-            state.version
-        )));
+        return Err(fail(format!("{STATE}: layout version {} (this build reads {CHECKPOINT_VERSION})", state.version)));
     }
-    let read = |name: &str| {
-        Tensor::read_safetensors(dir.join(name)).map_err(|e| fail(format!("{name}: {e}")))
+    if state.step != step {
+        return Err(fail(format!("{STATE} says step {}", state.step)));
+    }
+    let tensors = |name: &str| from_safetensors(object(name)?).map_err(|e| fail(format!("{name}: {e}")));
+    Ok(Loaded { model: tensors(MODEL)?, optimizer: tensors(OPTIMIZER)?, state, uri: uri.clone() })
+}
+
+/// Where `train.resume` points: the store and step to load, or `None` to start fresh. `own_uri`
+/// is `checkpoint.uri` (resolved), used by `auto` and a bare step.
+pub fn locate(resume: &Resume, own_uri: &str, world_size: usize) -> Result<Option<(CheckpointStore, u64)>, Error> {
+    let latest = |store: CheckpointStore| -> Result<Option<(CheckpointStore, u64)>, Error> {
+        let step = store.latest().map_err(|e| store_error(store.uri(), e))?;
+        Ok(step.map(|s| (store, s)))
     };
-    Ok(Loaded {
-        model: read("model.safetensors")?,
-        optimizer: read("optimizer.safetensors")?,
-        state,
-        dir: dir.clone(),
-    })
+    match resume {
+        Resume::Never => Ok(None),
+        Resume::Auto => {
+            let found = latest(open(own_uri, world_size)?)?;
+            if found.is_none() {
+                tracing::info!(uri = own_uri, "no checkpoint to resume from; starting fresh");
+            }
+            Ok(found)
+        }
+        Resume::Step(step) => Ok(Some((open(own_uri, world_size)?, *step))),
+        Resume::Uri(uri) => {
+            let trimmed = uri.trim_end_matches('/');
+            let (root, last) = trimmed.rsplit_once('/').unwrap_or(("", trimmed));
+            if let Some(step) = wave_ckpt::parse_step_dir(last).filter(|_| !root.is_empty()) {
+                return Ok(Some((open(root, world_size)?, step)));
+            }
+            latest(open(uri, world_size)?)?.map(Some).ok_or_else(|| Error::Checkpoint {
+                path: uri.clone(),
+                reason: "train.resume names a checkpoint root without a committed `latest`".into(),
+            })
+        }
+    }
+}
+
+/// A flag set when the process receives SIGTERM (the signal no longer terminates it). The
+/// handler runs on a small background thread; the training loop polls the flag once per step.
+pub fn sigterm_flag() -> Result<Arc<AtomicBool>, Error> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    std::thread::Builder::new()
+        .name("wave-sigterm".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_io().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let mut term = match signal(SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                while term.recv().await.is_some() {
+                    set.store(true, Ordering::SeqCst);
+                }
+            });
+        })
+        .map_err(|e| Error::Io(format!("cannot start the SIGTERM thread: {e}")))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(flag),
+        Ok(Err(e)) => Err(Error::Io(format!("cannot install a SIGTERM handler: {e}"))),
+        Err(_) => Err(Error::Io("the SIGTERM thread stopped before installing its handler".into())),
+    }
 }

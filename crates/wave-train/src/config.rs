@@ -21,19 +21,25 @@ pub enum Schedule {
     Constant,
 }
 
-/// Where training starts: `train.resume = "never" | "auto" | <step>`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Where training starts: `train.resume = "never" | "auto" | <step> | "<checkpoint URL>"`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "ResumeValue", into = "ResumeValue")]
 pub enum Resume {
     /// Start from step 0 whatever checkpoints exist.
     Never,
-    /// Continue from the latest committed checkpoint, or start fresh if there is none.
+    /// Continue from the latest committed checkpoint under `checkpoint.uri`, or start fresh if
+    /// there is none.
     Auto,
-    /// Continue from the checkpoint of this step (an error if it does not exist).
+    /// Continue from the checkpoint of this step under `checkpoint.uri` (an error if it does not
+    /// exist).
     Step(u64),
+    /// Continue from another store: a step folder (`s3://bucket/run/step-00000120`) or a
+    /// checkpoint root, whose `latest` is used (an error if there is none). New checkpoints still
+    /// go to `checkpoint.uri`.
+    Uri(String),
 }
 
-/// How `train.resume` is written in TOML: a word or a step number.
+/// How `train.resume` is written in TOML: a word, a step number or a URL.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(untagged)]
 enum ResumeValue {
@@ -49,8 +55,10 @@ impl TryFrom<ResumeValue> for Resume {
             ResumeValue::Word(w) => match w.as_str() {
                 "never" => Ok(Resume::Never),
                 "auto" => Ok(Resume::Auto),
+                // A URL or path has a `/`; a bare word that is not a number is a typo.
+                other if other.contains('/') => Ok(Resume::Uri(other.to_string())),
                 other => other.parse().map(Resume::Step).map_err(|_| {
-                    format!("expected \"never\", \"auto\" or a step number, got {other:?}")
+                    format!("expected \"never\", \"auto\", a step number or a checkpoint URL/path (with a `/`), got {other:?}")
                 }),
             },
         }
@@ -63,6 +71,7 @@ impl From<Resume> for ResumeValue {
             Resume::Never => ResumeValue::Word("never".into()),
             Resume::Auto => ResumeValue::Word("auto".into()),
             Resume::Step(step) => ResumeValue::Step(step),
+            Resume::Uri(uri) => ResumeValue::Word(uri),
         }
     }
 }
@@ -115,7 +124,9 @@ pub struct TrainConfig {
     pub threads: usize,
     /// Folder for metrics, the resolved config and the final weights; "" = `runs/<name>`.
     pub run_dir: String,
-    /// `"never"`, `"auto"` (latest committed checkpoint under `checkpoint.uri`, if any) or a step number.
+    /// `"never"`, `"auto"` (latest committed checkpoint under `checkpoint.uri`, if any), a step
+    /// number under `checkpoint.uri`, or a checkpoint URL/path: a step folder
+    /// (`"s3://bucket/run/step-00000120"`) or another checkpoint root (its `latest`).
     pub resume: Resume,
 }
 
@@ -148,16 +159,35 @@ impl Default for TrainConfig {
     }
 }
 
+/// What the trainer does when a checkpoint save fails after the saver's retries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Log an error naming the step and URL and keep training (the previous checkpoint stays).
+    #[default]
+    Continue,
+    /// Stop training with an error (non-zero exit).
+    Stop,
+}
+
 /// The `[checkpoint]` section.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointConfig {
-    /// Where checkpoints go (a folder path or `file://` URL); "" = `<run_dir>/checkpoints`.
+    /// Where checkpoints go: a folder path, `file://`, `s3://`, `gs://` or `az://` URL (credentials
+    /// and endpoint from the usual environment variables); "" = `<run_dir>/checkpoints`.
     pub uri: String,
-    /// Save every N optimizer steps; 0 = only at the end of training.
+    /// Save every N optimizer steps; 0 = only at the end of training (and on SIGTERM).
     pub every_steps: u64,
-    /// Committed checkpoints to keep (older ones are deleted); 0 = keep all.
+    /// Newest committed checkpoints to keep; 0 = keep all (subject to `keep_every`).
     pub keep_last: usize,
+    /// Also keep every checkpoint whose step is a multiple of this; 0 = off.
+    pub keep_every: u64,
+    /// Saves uploading or queued before the training loop waits for one; at least 1. Each holds
+    /// a copy of the model and optimizer state in memory.
+    pub max_in_flight: usize,
+    /// `"continue"` (default) or `"stop"` when a save fails after its retries.
+    pub on_failure: OnFailure,
 }
 
 impl Default for CheckpointConfig {
@@ -166,6 +196,9 @@ impl Default for CheckpointConfig {
             uri: String::new(),
             every_steps: 0,
             keep_last: 3,
+            keep_every: 0,
+            max_in_flight: 2,
+            on_failure: OnFailure::Continue,
         }
     }
 }
@@ -270,6 +303,9 @@ impl JobConfig {
             return bad("train.beta1/beta2", "must be in [0, 1)");
         }
         crate::device::parse_device(&t.device)?;
+        if self.checkpoint.max_in_flight == 0 {
+            return bad("checkpoint.max_in_flight", "must be >= 1");
+        }
         Ok(())
     }
 
@@ -282,11 +318,11 @@ impl JobConfig {
         }
     }
 
-    /// The checkpoint folder: `checkpoint.uri` (a path or `file://` URL), or `<run_dir>/checkpoints`.
-    pub fn checkpoint_dir(&self) -> PathBuf {
+    /// The checkpoint root: `checkpoint.uri`, or the folder `<run_dir>/checkpoints`.
+    pub fn checkpoint_uri(&self) -> String {
         match self.checkpoint.uri.as_str() {
-            "" => self.run_dir().join("checkpoints"),
-            uri => PathBuf::from(uri.strip_prefix("file://").unwrap_or(uri)),
+            "" => self.run_dir().join("checkpoints").display().to_string(),
+            uri => uri.to_string(),
         }
     }
 

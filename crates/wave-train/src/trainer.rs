@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,10 +10,11 @@ use serde::Serialize;
 use tch::{nn, Device, Kind, Reduction, Tensor};
 use wave_comm::{Communicator, RankInfo};
 use wave_data::{Batch, Cursor, Dataset, Loader, LoaderOptions, TextEncoder};
+use wave_ckpt::{Retention, SaveOutcome, Saver, SaverOptions};
 use wave_model::{Head, ModelConfig, ParamCounts, WaveNetwork};
 
 use crate::checkpoint::{self, CheckpointState, CHECKPOINT_VERSION};
-use crate::config::{JobConfig, Resume};
+use crate::config::{JobConfig, OnFailure};
 use crate::device::parse_device;
 use crate::metrics::{peak_rss_mb, EvalRecord, MetricsSink, TrainRecord};
 use crate::optim::{lr_at, AdamW};
@@ -279,8 +281,16 @@ fn train_on(cfg: &JobConfig, comm: &Communicator, device: Device) -> Result<RunS
         t.epochs * per_epoch
     };
 
-    let ckpt_root = cfg.checkpoint_dir();
-    let (mut step, cursor) = resume(cfg, &vs, &mut opt, &dataset, &model_cfg, &ckpt_root)?;
+    let ckpt_uri = cfg.checkpoint_uri();
+    let (mut step, cursor) = resume(cfg, &vs, &mut opt, &dataset, &model_cfg, &ckpt_uri, world)?;
+    // Rank 0 saves. SIGTERM is caught only by a single-process job: under mpirun the launcher
+    // sends SIGTERM to the surviving ranks when one dies, and those must end at once (their next
+    // collective can never complete); a multi-rank job resumes from its last periodic checkpoint.
+    let mut saver = if root { Some(start_saver(cfg, &ckpt_uri, world)?) } else { None };
+    let sigterm = if world == 1 { Some(checkpoint::sigterm_flag()?) } else { None };
+    // The step of the last checkpoint: a resumed step is not saved again at the end.
+    let (mut saved_step, mut preempted) = ((step > 0).then_some(step), false);
+    let mut last_metrics = serde_json::json!({});
     let options = LoaderOptions::train(&cfg.data, t.seed, comm.rank(), world);
     let mut loader = Loader::new(&dataset, encoder.clone(), options, cursor)?;
     let mut metrics = if root {
@@ -403,6 +413,7 @@ fn train_on(cfg: &JobConfig, comm: &Communicator, device: Device) -> Result<RunS
                 skew_s: win_skew,
             };
             if let Some(sink) = metrics.as_mut() {
+                last_metrics["train"] = serde_json::to_value(&record).unwrap_or_default();
                 tracing::info!(
                     step,
                     loss = format!("{:.5}", record.loss),
@@ -427,15 +438,25 @@ fn train_on(cfg: &JobConfig, comm: &Communicator, device: Device) -> Result<RunS
                 comm,
             )?;
             log_eval(metrics.as_mut(), step, &cfg.data.eval_split, &result)?;
+            last_metrics["eval"] = eval_metrics(step, &cfg.data.eval_split, &result);
         }
-        if root
-            && cfg.checkpoint.every_steps > 0
-            && step % cfg.checkpoint.every_steps == 0
-            && step < total_steps
-        {
-            save_checkpoint(
-                cfg, &vs, &opt, &loader, &dataset, &model_cfg, step, &ckpt_root, world,
-            )?;
+        if let Some(saver) = saver.as_mut() {
+            if cfg.checkpoint.every_steps > 0
+                && step % cfg.checkpoint.every_steps == 0
+                && step < total_steps
+            {
+                let objects = checkpoint_objects(
+                    &resolved_toml, &vs, &opt, &loader, &dataset, &model_cfg, step, world, &last_metrics,
+                )?;
+                submit(saver, step, objects, cfg)?;
+                saved_step = Some(step);
+            }
+            report_saves(saver.poll(), cfg)?;
+        }
+        if sigterm.as_ref().is_some_and(|flag| flag.load(Ordering::SeqCst)) {
+            tracing::warn!(step, "SIGTERM received: stopping after this step to save a final checkpoint");
+            preempted = true;
+            break;
         }
     }
     if let Some(bar) = progress {
@@ -447,10 +468,29 @@ fn train_on(cfg: &JobConfig, comm: &Communicator, device: Device) -> Result<RunS
         last_loss = win_loss / win_steps as f64;
     }
 
+    if let Some(mut saver) = saver.take() {
+        if saved_step != Some(step) {
+            let objects = checkpoint_objects(
+                &resolved_toml, &vs, &opt, &loader, &dataset, &model_cfg, step, world, &last_metrics,
+            )?;
+            submit(&mut saver, step, objects, cfg)?;
+        }
+        // The final save must land before the process exits; a pre-empted job that could not
+        // save fails (non-zero) whatever checkpoint.on_failure says.
+        let outcomes = saver.finish().map_err(|e| checkpoint::store_error(&ckpt_uri, e))?;
+        let final_ok = outcomes.iter().all(|o| o.result.is_ok());
+        report_saves(outcomes, cfg)?;
+        if preempted {
+            if !final_ok {
+                return Err(Error::Checkpoint {
+                    path: ckpt_uri.clone(),
+                    reason: format!("SIGTERM at step {step}: the final checkpoint could not be saved"),
+                });
+            }
+            tracing::warn!(step, uri = %ckpt_uri, "SIGTERM: final checkpoint committed; exiting normally (resume with train.resume = \"auto\")");
+        }
+    }
     if root {
-        save_checkpoint(
-            cfg, &vs, &opt, &loader, &dataset, &model_cfg, step, &ckpt_root, world,
-        )?;
         let weights = run_dir.join("model.safetensors");
         vs.save(&weights)
             .map_err(|e| Error::Io(format!("{}: {e}", weights.display())))?;
@@ -525,20 +565,29 @@ fn progress_bar(total: u64, start: u64) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
+/// The background saver for `uri` with `[checkpoint]`'s retention and in-flight bound.
+fn start_saver(cfg: &JobConfig, uri: &str, world: usize) -> Result<Saver, Error> {
+    let c = &cfg.checkpoint;
+    // keep_last = 0 with keep_every = 0 keeps everything; wave-ckpt reads keep_last = 0 as "none".
+    let retention = (c.keep_last > 0 || c.keep_every > 0).then_some(Retention { keep_last: c.keep_last, keep_every: c.keep_every });
+    let store = checkpoint::open(uri, world)?;
+    Saver::new(store, SaverOptions { max_in_flight: c.max_in_flight, retention }).map_err(|e| checkpoint::store_error(uri, e))
+}
+
+/// The objects of the checkpoint of `step`, tensors copied out now.
 #[allow(clippy::too_many_arguments)]
-fn save_checkpoint(
-    cfg: &JobConfig,
+fn checkpoint_objects(
+    config_toml: &str,
     vs: &nn::VarStore,
     opt: &AdamW,
     loader: &Loader,
     dataset: &Dataset,
     model_cfg: &ModelConfig,
     step: u64,
-    root: &Path,
     world_size: usize,
-) -> Result<(), Error> {
-    let (optimizer, opt_step) = opt.state();
-    debug_assert_eq!(opt_step, step);
+    metrics: &serde_json::Value,
+) -> Result<Vec<(String, bytes::Bytes)>, Error> {
+    let (optimizer, optimizer_step) = opt.state();
     let state = CheckpointState {
         version: CHECKPOINT_VERSION,
         step,
@@ -546,46 +595,62 @@ fn save_checkpoint(
         dataset_fingerprint: dataset.fingerprint().to_string(),
         model_toml: model_toml(model_cfg)?,
         world_size,
+        optimizer_step,
     };
-    let dir = checkpoint::save(
-        root,
-        &state,
-        &named_params(vs),
-        &optimizer,
-        cfg.checkpoint.keep_last,
-    )?;
-    tracing::info!(step, dir = %dir.display(), "checkpoint saved");
+    checkpoint::objects(&state, &named_params(vs), &optimizer, config_toml, metrics)
+}
+
+/// Hands a checkpoint to the saver (blocks while `checkpoint.max_in_flight` saves are unfinished).
+fn submit(saver: &mut Saver, step: u64, objects: Vec<(String, bytes::Bytes)>, cfg: &JobConfig) -> Result<(), Error> {
+    let metadata = serde_json::json!({ "name": cfg.name });
+    saver.submit(step, objects, metadata).map_err(|e| checkpoint::store_error(&cfg.checkpoint_uri(), e))?;
+    tracing::debug!(step, "checkpoint queued for upload");
     Ok(())
+}
+
+/// Logs finished saves; a failed one is an error only with `checkpoint.on_failure = "stop"`.
+fn report_saves(outcomes: Vec<SaveOutcome>, cfg: &JobConfig) -> Result<(), Error> {
+    for outcome in outcomes {
+        match outcome.result {
+            Ok(info) => tracing::info!(step = outcome.step, uri = %info.uri, attempts = info.attempts, "checkpoint saved"),
+            Err(e) => {
+                let uri = cfg.checkpoint_uri();
+                if cfg.checkpoint.on_failure == OnFailure::Stop {
+                    return Err(Error::Checkpoint { path: uri, reason: format!("saving step {} failed: {e}", outcome.step) });
+                }
+                tracing::error!(step = outcome.step, %uri, "checkpoint save failed; training continues (checkpoint.on_failure = \"continue\"): {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An evaluation as it appears in a checkpoint's `metrics.json`.
+fn eval_metrics(step: u64, split: &str, r: &EvalResult) -> serde_json::Value {
+    serde_json::json!({ "step": step, "split": split, "loss": r.loss, "accuracy": r.accuracy, "samples": r.samples })
 }
 
 fn model_toml(model: &ModelConfig) -> Result<String, Error> {
     toml::to_string(model).map_err(|e| Error::Config(format!("cannot serialise model config: {e}")))
 }
 
-/// Applies `train.resume`; returns the step to start from and the loader cursor.
+/// Applies `train.resume`; returns the step to start from and the loader cursor. Every object
+/// is verified against the checkpoint's manifest; a different model or data set is refused.
 fn resume(
     cfg: &JobConfig,
     vs: &nn::VarStore,
     opt: &mut AdamW,
     dataset: &Dataset,
     model_cfg: &ModelConfig,
-    root: &Path,
+    uri: &str,
+    world: usize,
 ) -> Result<(u64, Cursor), Error> {
-    let fresh = Ok((0, Cursor::start(cfg.train.seed)));
-    let step = match cfg.train.resume {
-        Resume::Never => return fresh,
-        Resume::Auto => match checkpoint::latest_step(root)? {
-            Some(step) => step,
-            None => {
-                tracing::info!(dir = %root.display(), "no checkpoint to resume from; starting fresh");
-                return fresh;
-            }
-        },
-        Resume::Step(step) => step,
+    let Some((store, step)) = checkpoint::locate(&cfg.train.resume, uri, world)? else {
+        return Ok((0, Cursor::start(cfg.train.seed)));
     };
-    let loaded = checkpoint::load(root, step)?;
+    let loaded = checkpoint::load(&store, step)?;
     let refuse = |reason: String| Error::Checkpoint {
-        path: loaded.dir.display().to_string(),
+        path: loaded.uri.clone(),
         reason,
     };
     if loaded.state.model_toml != model_toml(model_cfg)? {
@@ -610,9 +675,12 @@ fn resume(
             .ok_or_else(|| refuse(format!("unknown tensor {name}")))?;
         tch::no_grad(|| var.f_copy_(tensor)).map_err(|e| refuse(format!("{name}: {e}")))?;
     }
-    opt.load_state(&loaded.optimizer, loaded.state.step)
+    opt.load_state(&loaded.optimizer, loaded.state.optimizer_step)
         .map_err(refuse)?;
-    tracing::info!(step, dir = %loaded.dir.display(), "resumed");
+    if loaded.state.world_size != world {
+        tracing::info!(from = loaded.state.world_size, to = world, "resuming at a different world size; the data cursor reshards");
+    }
+    tracing::info!(step, uri = %loaded.uri, "resumed");
     Ok((loaded.state.step, loaded.state.cursor))
 }
 
@@ -640,4 +708,36 @@ pub fn evaluate_run(
         &Communicator::local(),
     )?;
     Ok((result, model_cfg.param_counts().into()))
+}
+
+/// Inputs and logits of the first `rows` rows of `split` (eval order, no dropout) under the
+/// weights in `weights`: what `wave-dist eval --dump-logits` writes so that another
+/// implementation (bench/peer_logits.py) can be checked against this one.
+pub fn logits_of_run(cfg: &JobConfig, weights: &Path, split: &str, rows: usize) -> Result<serde_json::Value, Error> {
+    let device = parse_device(&cfg.train.device)?;
+    set_threads(cfg.train.threads);
+    let (dataset, encoder) = open_data(cfg)?;
+    let model_cfg = resolve_model(cfg, encoder.as_deref(), &dataset)?;
+    let mut vs = nn::VarStore::new(device);
+    let net = WaveNetwork::new(&vs.root(), &model_cfg)?;
+    vs.load(weights).map_err(|e| Error::Io(format!("{}: {e}", weights.display())))?;
+    let mut opts = LoaderOptions::eval(&cfg.data, 0, 1);
+    opts.split = split.to_string();
+    let cursor = Cursor::start(opts.seed);
+    let mut loader = Loader::new(&dataset, encoder, opts, cursor)?;
+    let batch = loader.next_batch()?.ok_or_else(|| Error::Config(format!("split {split:?} is empty")))?;
+    let rows = rows.min(batch.rows);
+    let width = batch.seq_len;
+    let logits = tch::no_grad(|| -> Result<Tensor, Error> {
+        let (ids, mask, _) = to_tensors(&batch, device);
+        Ok(net.classify(&ids.narrow(0, 0, rows as i64), &mask.narrow(0, 0, rows as i64), false)?.to_kind(Kind::Float).to_device(Device::Cpu))
+    })?;
+    let classes = logits.size().last().copied().unwrap_or(0) as usize;
+    let flat = Vec::<f32>::try_from(&logits.flatten(0, -1))?;
+    let table = |v: &[i64]| v.chunks(width).take(rows).map(<[i64]>::to_vec).collect::<Vec<_>>();
+    Ok(serde_json::json!({
+        "ids": table(&batch.input_ids),
+        "mask": table(&batch.attention_mask),
+        "logits": flat.chunks(classes.max(1)).map(<[f32]>::to_vec).collect::<Vec<_>>(),
+    }))
 }
