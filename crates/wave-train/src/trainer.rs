@@ -684,20 +684,30 @@ fn resume(
     Ok((loaded.state.step, loaded.state.cursor))
 }
 
-/// Loads `model.safetensors` from a finished run folder and evaluates it on `split`.
-pub fn evaluate_run(
-    cfg: &JobConfig,
-    weights: &Path,
-    split: &str,
-) -> Result<(EvalResult, Params), Error> {
+/// A trained network rebuilt from a job config and its saved weights, with its data.
+struct LoadedRun {
+    device: Device,
+    dataset: Dataset,
+    encoder: Option<Arc<TextEncoder>>,
+    model_cfg: ModelConfig,
+    net: WaveNetwork,
+}
+
+fn load_run(cfg: &JobConfig, weights: &Path) -> Result<LoadedRun, Error> {
     let device = parse_device(&cfg.train.device)?;
     set_threads(cfg.train.threads);
     let (dataset, encoder) = open_data(cfg)?;
     let model_cfg = resolve_model(cfg, encoder.as_deref(), &dataset)?;
     let mut vs = nn::VarStore::new(device);
     let net = WaveNetwork::new(&vs.root(), &model_cfg)?;
-    vs.load(weights)
-        .map_err(|e| Error::Io(format!("{}: {e}", weights.display())))?;
+    vs.load(weights).map_err(|e| Error::Io(format!("{}: {e}", weights.display())))?;
+    // `net` holds its own handles on the loaded tensors; the store can go.
+    Ok(LoadedRun { device, dataset, encoder, model_cfg, net })
+}
+
+/// Loads `model.safetensors` from a finished run folder and evaluates it on `split`.
+pub fn evaluate_run(cfg: &JobConfig, weights: &Path, split: &str) -> Result<(EvalResult, Params), Error> {
+    let LoadedRun { device, dataset, encoder, model_cfg, net } = load_run(cfg, weights)?;
     let result = evaluate(
         &net,
         &dataset,
@@ -714,13 +724,7 @@ pub fn evaluate_run(
 /// weights in `weights`: what `wave-dist eval --dump-logits` writes so that another
 /// implementation (bench/peer_logits.py) can be checked against this one.
 pub fn logits_of_run(cfg: &JobConfig, weights: &Path, split: &str, rows: usize) -> Result<serde_json::Value, Error> {
-    let device = parse_device(&cfg.train.device)?;
-    set_threads(cfg.train.threads);
-    let (dataset, encoder) = open_data(cfg)?;
-    let model_cfg = resolve_model(cfg, encoder.as_deref(), &dataset)?;
-    let mut vs = nn::VarStore::new(device);
-    let net = WaveNetwork::new(&vs.root(), &model_cfg)?;
-    vs.load(weights).map_err(|e| Error::Io(format!("{}: {e}", weights.display())))?;
+    let LoadedRun { device, dataset, encoder, net, .. } = load_run(cfg, weights)?;
     let mut opts = LoaderOptions::eval(&cfg.data, 0, 1);
     opts.split = split.to_string();
     let cursor = Cursor::start(opts.seed);
