@@ -23,7 +23,10 @@ fn compile_shim() {
         Ok(lib) => lib,
         Err(errors) => {
             let reasons: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-            panic!("feature `mpi`: no MPI library found (install libopenmpi-dev): {}", reasons.join("; "));
+            panic!(
+                "feature `mpi`: no MPI library found (install libopenmpi-dev): {}",
+                reasons.join("; ")
+            );
         }
     };
     let mut build = cc::Build::new();

@@ -110,19 +110,33 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn store(uri: impl Into<String>, op: &'static str, source: object_store::Error) -> Self {
-        Error::Store { uri: uri.into(), op, source }
+    pub(crate) fn store(
+        uri: impl Into<String>,
+        op: &'static str,
+        source: object_store::Error,
+    ) -> Self {
+        Error::Store {
+            uri: uri.into(),
+            op,
+            source,
+        }
     }
 
     pub(crate) fn format(uri: impl Into<String>, msg: impl Into<String>) -> Self {
-        Error::Format { uri: uri.into(), msg: msg.into() }
+        Error::Format {
+            uri: uri.into(),
+            msg: msg.into(),
+        }
     }
 
     /// Whether retrying the same save may succeed: network failures and server errors are
     /// transient; missing objects, refused permissions, bad names and corrupt data are not.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Store { source, .. } => matches!(source, object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }),
+            Error::Store { source, .. } => matches!(
+                source,
+                object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }
+            ),
             Error::LatestContended { .. } => true,
             _ => false,
         }

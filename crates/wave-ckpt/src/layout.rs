@@ -29,7 +29,9 @@ pub fn step_dir(step: u64) -> String {
 /// The step of a folder name written by [`step_dir`], or `None` for any other name.
 pub fn parse_step_dir(name: &str) -> Option<u64> {
     let digits = name.strip_prefix("step-")?;
-    (digits.len() >= 8 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok()).flatten()
+    (digits.len() >= 8 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
 }
 
 /// Lower-case hex sha256 of `bytes`.
@@ -72,12 +74,25 @@ pub struct Manifest {
 impl Manifest {
     /// Parses and checks a manifest read from `uri` for `step`.
     pub(crate) fn parse(bytes: &[u8], uri: &str, step: u64) -> Result<Manifest> {
-        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| Error::format(uri, format!("unreadable manifest: {e}")))?;
+        let m: Manifest = serde_json::from_slice(bytes)
+            .map_err(|e| Error::format(uri, format!("unreadable manifest: {e}")))?;
         if m.format_version != FORMAT_VERSION {
-            return Err(Error::format(uri, format!("format version {} (this build reads {FORMAT_VERSION})", m.format_version)));
+            return Err(Error::format(
+                uri,
+                format!(
+                    "format version {} (this build reads {FORMAT_VERSION})",
+                    m.format_version
+                ),
+            ));
         }
         if m.step != step {
-            return Err(Error::format(uri, format!("manifest is for step {}, found in the folder of step {step}", m.step)));
+            return Err(Error::format(
+                uri,
+                format!(
+                    "manifest is for step {}, found in the folder of step {step}",
+                    m.step
+                ),
+            ));
         }
         Ok(m)
     }
@@ -100,7 +115,8 @@ pub struct Pointer {
 
 impl Pointer {
     pub(crate) fn parse(bytes: &[u8], uri: &str) -> Result<Pointer> {
-        serde_json::from_slice(bytes).map_err(|e| Error::format(uri, format!("unreadable latest pointer: {e}")))
+        serde_json::from_slice(bytes)
+            .map_err(|e| Error::format(uri, format!("unreadable latest pointer: {e}")))
     }
 }
 
@@ -108,7 +124,11 @@ impl Pointer {
 pub(crate) fn check_names<'a>(step: u64, names: impl Iterator<Item = &'a str>) -> Result<()> {
     let mut seen = std::collections::HashSet::new();
     for name in names {
-        let bad = |msg: &str| Error::InvalidName { name: name.to_string(), step, msg: msg.to_string() };
+        let bad = |msg: &str| Error::InvalidName {
+            name: name.to_string(),
+            step,
+            msg: msg.to_string(),
+        };
         if name.is_empty() || name == "." || name == ".." {
             return Err(bad("must be a non-empty file name"));
         }
@@ -133,9 +153,18 @@ mod tests {
     fn step_dirs_round_trip_and_sort_by_step() {
         assert_eq!(step_dir(123), "step-00000123");
         assert_eq!(parse_step_dir("step-00000123"), Some(123));
-        assert_eq!(parse_step_dir(&step_dir(12_345_678_901)), Some(12_345_678_901));
+        assert_eq!(
+            parse_step_dir(&step_dir(12_345_678_901)),
+            Some(12_345_678_901)
+        );
         assert!(step_dir(99) < step_dir(100));
-        for other in ["step-1", "step-0000012x", "latest", "step-", "xstep-00000001"] {
+        for other in [
+            "step-1",
+            "step-0000012x",
+            "latest",
+            "step-",
+            "xstep-00000001",
+        ] {
             assert_eq!(parse_step_dir(other), None, "{other}");
         }
     }
@@ -143,13 +172,29 @@ mod tests {
     #[test]
     fn reserved_repeated_and_path_like_names_are_rejected() {
         assert!(check_names(1, ["model.safetensors", "state.json"].into_iter()).is_ok());
-        for bad in [vec!["a/b"], vec![""], vec![MANIFEST], vec![COMMITTED], vec!["x", "x"], vec![".."]] {
-            assert!(matches!(check_names(1, bad.clone().into_iter()), Err(Error::InvalidName { .. })), "{bad:?}");
+        for bad in [
+            vec!["a/b"],
+            vec![""],
+            vec![MANIFEST],
+            vec![COMMITTED],
+            vec!["x", "x"],
+            vec![".."],
+        ] {
+            assert!(
+                matches!(
+                    check_names(1, bad.clone().into_iter()),
+                    Err(Error::InvalidName { .. })
+                ),
+                "{bad:?}"
+            );
         }
     }
 
     #[test]
     fn sha256_is_lower_hex() {
-        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

@@ -58,8 +58,13 @@ mod saver;
 mod store;
 
 pub use error::{Error, Result};
-pub use layout::{parse_step_dir, sha256_hex, step_dir, Manifest, ObjectEntry, Pointer, COMMITTED, FORMAT_VERSION, LATEST, MANIFEST};
+pub use layout::{
+    parse_step_dir, sha256_hex, step_dir, Manifest, ObjectEntry, Pointer, COMMITTED,
+    FORMAT_VERSION, LATEST, MANIFEST,
+};
 pub use retention::{retention, Retention};
 pub use saver::{SaveOutcome, Saver, SaverOptions};
-pub use store::{CheckpointInfo, CheckpointStore, CommitInfo, Loaded, RetentionReport, RetryPolicy};
+pub use store::{
+    CheckpointInfo, CheckpointStore, CommitInfo, Loaded, RetentionReport, RetryPolicy,
+};
 pub use wave_store::StoreOptions;

@@ -16,7 +16,12 @@ pub struct Retention {
 /// The committed steps to delete (ascending): all but the newest `keep_last`, the multiples of
 /// `keep_every` (when non-zero) and `latest` (the step the `latest` pointer names, which is never
 /// deleted even when it is not the newest committed step).
-pub fn retention(committed_steps: &[u64], keep_last: usize, keep_every: u64, latest: Option<u64>) -> Vec<u64> {
+pub fn retention(
+    committed_steps: &[u64],
+    keep_last: usize,
+    keep_every: u64,
+    latest: Option<u64>,
+) -> Vec<u64> {
     let mut steps = committed_steps.to_vec();
     steps.sort_unstable();
     steps.dedup();
@@ -24,7 +29,9 @@ pub fn retention(committed_steps: &[u64], keep_last: usize, keep_every: u64, lat
     steps
         .iter()
         .enumerate()
-        .filter(|&(i, &s)| i < newest_kept && Some(s) != latest && (keep_every == 0 || s % keep_every != 0))
+        .filter(|&(i, &s)| {
+            i < newest_kept && Some(s) != latest && (keep_every == 0 || s % keep_every != 0)
+        })
         .map(|(_, &s)| s)
         .collect()
 }
@@ -36,8 +43,14 @@ mod tests {
     #[test]
     fn keeps_last_k_and_every_m() {
         let steps: Vec<u64> = (1..=10).map(|s| s * 100).collect();
-        assert_eq!(retention(&steps, 3, 500, Some(1000)), vec![100, 200, 300, 400, 600, 700]);
-        assert_eq!(retention(&steps, 3, 0, Some(1000)), vec![100, 200, 300, 400, 500, 600, 700]);
+        assert_eq!(
+            retention(&steps, 3, 500, Some(1000)),
+            vec![100, 200, 300, 400, 600, 700]
+        );
+        assert_eq!(
+            retention(&steps, 3, 0, Some(1000)),
+            vec![100, 200, 300, 400, 500, 600, 700]
+        );
         assert_eq!(retention(&steps, 20, 0, Some(1000)), Vec::<u64>::new());
     }
 

@@ -23,7 +23,10 @@ pub struct SaverOptions {
 impl Default for SaverOptions {
     /// Two saves in flight, no retention.
     fn default() -> Self {
-        SaverOptions { max_in_flight: 2, retention: None }
+        SaverOptions {
+            max_in_flight: 2,
+            retention: None,
+        }
     }
 }
 
@@ -76,7 +79,10 @@ impl Saver {
     /// Starts the background thread saving into `store`.
     pub fn new(store: CheckpointStore, opts: SaverOptions) -> Result<Saver> {
         if opts.max_in_flight == 0 {
-            return Err(Error::Config { field: "saver.max_in_flight", msg: "must be at least 1".into() });
+            return Err(Error::Config {
+                field: "saver.max_in_flight",
+                msg: "must be at least 1".into(),
+            });
         }
         let uri = store.uri().to_string();
         // One save runs while the channel holds the others, hence `max_in_flight - 1` slots.
@@ -92,20 +98,47 @@ impl Saver {
                             warn!("checkpoint retention after step {} failed: {e}", job.step);
                         }
                     }
-                    if outcome_tx.send(SaveOutcome { step: job.step, result }).is_err() {
+                    if outcome_tx
+                        .send(SaveOutcome {
+                            step: job.step,
+                            result,
+                        })
+                        .is_err()
+                    {
                         break;
                     }
                 }
             })
-            .map_err(|source| Error::Runtime { what: "the checkpoint saver thread", source })?;
-        Ok(Saver { uri, jobs: Some(jobs), outcomes, worker: Some(worker), pending: 0 })
+            .map_err(|source| Error::Runtime {
+                what: "the checkpoint saver thread",
+                source,
+            })?;
+        Ok(Saver {
+            uri,
+            jobs: Some(jobs),
+            outcomes,
+            worker: Some(worker),
+            pending: 0,
+        })
     }
 
     /// Queues a save of `objects` as `step`; blocks while `max_in_flight` saves are unfinished.
-    pub fn submit(&mut self, step: u64, objects: Vec<(String, Bytes)>, metadata: serde_json::Value) -> Result<()> {
-        let stopped = || Error::SaverStopped { uri: self.uri.clone() };
+    pub fn submit(
+        &mut self,
+        step: u64,
+        objects: Vec<(String, Bytes)>,
+        metadata: serde_json::Value,
+    ) -> Result<()> {
+        let stopped = || Error::SaverStopped {
+            uri: self.uri.clone(),
+        };
         let jobs = self.jobs.as_ref().ok_or_else(stopped)?;
-        jobs.send(Job { step, objects, metadata }).map_err(|_| stopped())?;
+        jobs.send(Job {
+            step,
+            objects,
+            metadata,
+        })
+        .map_err(|_| stopped())?;
         self.pending += 1;
         Ok(())
     }
@@ -128,7 +161,9 @@ impl Saver {
         self.stop();
         let done = self.poll();
         if self.pending > 0 {
-            return Err(Error::SaverStopped { uri: self.uri.clone() });
+            return Err(Error::SaverStopped {
+                uri: self.uri.clone(),
+            });
         }
         Ok(done)
     }

@@ -28,7 +28,10 @@ use tracing::{debug, info, warn};
 use wave_store::{Root, StoreOptions};
 
 use crate::error::{Error, Result};
-use crate::layout::{check_names, parse_step_dir, sha256_hex, step_dir, Manifest, ObjectEntry, Pointer, COMMITTED, FORMAT_VERSION, LATEST, MANIFEST};
+use crate::layout::{
+    check_names, parse_step_dir, sha256_hex, step_dir, Manifest, ObjectEntry, Pointer, COMMITTED,
+    FORMAT_VERSION, LATEST, MANIFEST,
+};
 use crate::retention::{retention, Retention};
 
 /// Objects uploaded or downloaded at the same time within one checkpoint.
@@ -59,7 +62,10 @@ impl Default for RetryPolicy {
             attempts: 5,
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(30),
-            store: StoreOptions { timeout: Duration::from_secs(300), ..StoreOptions::default() },
+            store: StoreOptions {
+                timeout: Duration::from_secs(300),
+                ..StoreOptions::default()
+            },
         }
     }
 }
@@ -147,7 +153,9 @@ pub struct CheckpointStore {
 impl std::fmt::Debug for CheckpointStore {
     /// Only the URI: the store holds credentials.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CheckpointStore").field("uri", &self.root.uri).finish_non_exhaustive()
+        f.debug_struct("CheckpointStore")
+            .field("uri", &self.root.uri)
+            .finish_non_exhaustive()
     }
 }
 
@@ -156,7 +164,10 @@ impl CheckpointStore {
     /// `wave-store` for the environment variables). A missing local folder is created.
     pub fn open(uri: &str, retry: RetryPolicy) -> Result<CheckpointStore> {
         if retry.attempts == 0 {
-            return Err(Error::Config { field: "retry.attempts", msg: "must be at least 1".into() });
+            return Err(Error::Config {
+                field: "retry.attempts",
+                msg: "must be at least 1".into(),
+            });
         }
         let root = Root::open(uri, true, &retry.store)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -164,13 +175,26 @@ impl CheckpointStore {
             .thread_name("wave-ckpt-io")
             .enable_all()
             .build()
-            .map_err(|source| Error::Runtime { what: "the checkpoint I/O runtime", source })?;
+            .map_err(|source| Error::Runtime {
+                what: "the checkpoint I/O runtime",
+                source,
+            })?;
         let created_by = format!("wave-ckpt {}", env!("CARGO_PKG_VERSION"));
-        Ok(CheckpointStore { root, rt: Arc::new(rt), retry, world_size: 1, created_by })
+        Ok(CheckpointStore {
+            root,
+            rt: Arc::new(rt),
+            retry,
+            world_size: 1,
+            created_by,
+        })
     }
 
     /// Sets what manifests record about the writer: its job's world size and a program name.
-    pub fn with_writer(mut self, world_size: usize, created_by: impl Into<String>) -> CheckpointStore {
+    pub fn with_writer(
+        mut self,
+        world_size: usize,
+        created_by: impl Into<String>,
+    ) -> CheckpointStore {
         self.world_size = world_size;
         self.created_by = created_by.into();
         self
@@ -184,15 +208,29 @@ impl CheckpointStore {
     /// Saves `objects` as the checkpoint of `step` and moves `latest` to it, retrying transient
     /// failures as the [`RetryPolicy`] says. Saving a step that is already committed with the same
     /// objects only re-publishes it; with different objects it is [`Error::StepExists`].
-    pub fn save(&self, step: u64, objects: Vec<(String, Bytes)>, metadata: serde_json::Value) -> Result<CommitInfo> {
+    pub fn save(
+        &self,
+        step: u64,
+        objects: Vec<(String, Bytes)>,
+        metadata: serde_json::Value,
+    ) -> Result<CommitInfo> {
         check_names(step, objects.iter().map(|(n, _)| n.as_str()))?;
-        let entries: Vec<ObjectEntry> =
-            objects.iter().map(|(name, b)| ObjectEntry { name: name.clone(), size: b.len() as u64, sha256: sha256_hex(b) }).collect();
+        let entries: Vec<ObjectEntry> = objects
+            .iter()
+            .map(|(name, b)| ObjectEntry {
+                name: name.clone(),
+                size: b.len() as u64,
+                sha256: sha256_hex(b),
+            })
+            .collect();
         let start = Instant::now();
         let mut backoff = self.retry.initial_backoff;
         let mut attempt = 1;
         loop {
-            match self.rt.block_on(self.save_once(step, &objects, &entries, &metadata)) {
+            match self
+                .rt
+                .block_on(self.save_once(step, &objects, &entries, &metadata))
+            {
                 Ok((manifest_sha256, latest_moved)) => {
                     let info = CommitInfo {
                         step,
@@ -203,7 +241,12 @@ impl CheckpointStore {
                         attempts: attempt,
                         elapsed: start.elapsed(),
                     };
-                    info!("checkpoint step {step} committed at {} ({} bytes, {:.1} s)", info.uri, info.bytes, info.elapsed.as_secs_f64());
+                    info!(
+                        "checkpoint step {step} committed at {} ({} bytes, {:.1} s)",
+                        info.uri,
+                        info.bytes,
+                        info.elapsed.as_secs_f64()
+                    );
                     return Ok(info);
                 }
                 Err(e) if e.is_transient() && attempt < self.retry.attempts => {
@@ -221,10 +264,16 @@ impl CheckpointStore {
     /// unreadable or names a step whose commit marker is missing or different.
     pub fn latest(&self) -> Result<Option<u64>> {
         self.rt.block_on(async {
-            let Some(p) = self.pointer().await? else { return Ok(None) };
+            let Some(p) = self.pointer().await? else {
+                return Ok(None);
+            };
             let marker = self.marker(p.step).await?;
             if marker.as_deref() != Some(p.manifest_sha256.as_str()) {
-                let msg = format!("points at step {} whose commit marker is {}", p.step, marker.map_or("missing".into(), |m| format!("{m:?}")));
+                let msg = format!(
+                    "points at step {} whose commit marker is {}",
+                    p.step,
+                    marker.map_or("missing".into(), |m| format!("{m:?}"))
+                );
                 return Err(Error::format(self.root.uri_of(LATEST), msg));
             }
             Ok(Some(p.step))
@@ -236,7 +285,13 @@ impl CheckpointStore {
         let steps = self.rt.block_on(self.list_steps())?;
         Ok(steps
             .into_iter()
-            .map(|(step, l)| CheckpointInfo { step, uri: self.root.uri_of(&step_dir(step)), committed: l.committed, objects: l.objects, bytes: l.bytes })
+            .map(|(step, l)| CheckpointInfo {
+                step,
+                uri: self.root.uri_of(&step_dir(step)),
+                committed: l.committed,
+                objects: l.objects,
+                bytes: l.bytes,
+            })
             .collect())
     }
 
@@ -275,14 +330,23 @@ impl CheckpointStore {
     // ---- one save attempt -------------------------------------------------------------------
 
     /// Returns the manifest sha256 and whether `latest` moved.
-    async fn save_once(&self, step: u64, objects: &[(String, Bytes)], entries: &[ObjectEntry], metadata: &serde_json::Value) -> Result<(String, bool)> {
+    async fn save_once(
+        &self,
+        step: u64,
+        objects: &[(String, Bytes)],
+        entries: &[ObjectEntry],
+        metadata: &serde_json::Value,
+    ) -> Result<(String, bool)> {
         let dir = step_dir(step);
         if self.marker(step).await?.is_some() {
             // Committed by an earlier attempt whose reply was lost, or by an earlier run.
             let rel = format!("{dir}/{MANIFEST}");
             let bytes = self.get(&rel).await?;
             if Manifest::parse(&bytes, &self.root.uri_of(&rel), step)?.objects != entries {
-                return Err(Error::StepExists { uri: self.root.uri_of(&dir), step });
+                return Err(Error::StepExists {
+                    uri: self.root.uri_of(&dir),
+                    step,
+                });
             }
             let sha = sha256_hex(&bytes);
             let moved = self.publish(step, &sha).await?;
@@ -290,11 +354,19 @@ impl CheckpointStore {
         }
         self.delete_step(step).await?;
         futures::stream::iter(objects)
-            .map(|(name, bytes)| self.put(format!("{dir}/{name}"), PutPayload::from(bytes.clone()), PutMode::Overwrite))
+            .map(|(name, bytes)| {
+                self.put(
+                    format!("{dir}/{name}"),
+                    PutPayload::from(bytes.clone()),
+                    PutMode::Overwrite,
+                )
+            })
             .buffer_unordered(CONCURRENCY)
             .try_collect::<Vec<_>>()
             .await?;
-        let created_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let created_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             step,
@@ -305,14 +377,24 @@ impl CheckpointStore {
             metadata: metadata.clone(),
         };
         let rel = format!("{dir}/{MANIFEST}");
-        let bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::format(self.root.uri_of(&rel), e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| Error::format(self.root.uri_of(&rel), e.to_string()))?;
         let sha = sha256_hex(&bytes);
         self.put(rel, bytes.into(), PutMode::Overwrite).await?;
         let marker = format!("{dir}/{COMMITTED}");
-        match self.put(marker.clone(), sha.clone().into(), PutMode::Create).await {
+        match self
+            .put(marker.clone(), sha.clone().into(), PutMode::Create)
+            .await
+        {
             Ok(_) => {}
-            Err(Error::Store { source: object_store::Error::AlreadyExists { .. }, .. }) => {
-                return Err(Error::StepExists { uri: self.root.uri_of(&dir), step });
+            Err(Error::Store {
+                source: object_store::Error::AlreadyExists { .. },
+                ..
+            }) => {
+                return Err(Error::StepExists {
+                    uri: self.root.uri_of(&dir),
+                    step,
+                });
             }
             Err(e) => return Err(e),
         }
@@ -321,10 +403,16 @@ impl CheckpointStore {
         match self.list_steps().await {
             Ok(steps) => {
                 if let Err(e) = self.remove_uncommitted(&steps, Some(step)).await {
-                    warn!("could not remove unfinished checkpoints under {}: {e}", self.root.uri);
+                    warn!(
+                        "could not remove unfinished checkpoints under {}: {e}",
+                        self.root.uri
+                    );
                 }
             }
-            Err(e) => warn!("could not list {} for unfinished checkpoints: {e}", self.root.uri),
+            Err(e) => warn!(
+                "could not list {} for unfinished checkpoints: {e}",
+                self.root.uri
+            ),
         }
         Ok((sha, moved))
     }
@@ -333,7 +421,10 @@ impl CheckpointStore {
     /// names `step`.
     async fn publish(&self, step: u64, manifest_sha256: &str) -> Result<bool> {
         let uri = self.root.uri_of(LATEST);
-        let new = Pointer { step, manifest_sha256: manifest_sha256.to_string() };
+        let new = Pointer {
+            step,
+            manifest_sha256: manifest_sha256.to_string(),
+        };
         let payload = serde_json::to_vec(&new).map_err(|e| Error::format(&uri, e.to_string()))?;
         for _ in 0..POINTER_ATTEMPTS {
             let mode = match self.get_opt(LATEST).await? {
@@ -342,30 +433,49 @@ impl CheckpointStore {
                     match Pointer::parse(&bytes, &uri) {
                         Ok(old) if old == new => return Ok(true),
                         Ok(old) if old.step > step => {
-                            warn!("not moving {uri} back from step {} to step {step}", old.step);
+                            warn!(
+                                "not moving {uri} back from step {} to step {step}",
+                                old.step
+                            );
                             return Ok(false);
                         }
                         Ok(_) => {}
                         Err(e) => warn!("replacing an unreadable pointer: {e}"),
                     }
-                    PutMode::Update(UpdateVersion { e_tag: meta.e_tag, version: meta.version })
+                    PutMode::Update(UpdateVersion {
+                        e_tag: meta.e_tag,
+                        version: meta.version,
+                    })
                 }
             };
             let conditional = matches!(mode, PutMode::Update(_));
             match self.put(LATEST.into(), payload.clone().into(), mode).await {
                 Ok(()) => return Ok(true),
-                Err(Error::Store { source: object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }, .. }) => {
+                Err(Error::Store {
+                    source:
+                        object_store::Error::Precondition { .. }
+                        | object_store::Error::AlreadyExists { .. },
+                    ..
+                }) => {
                     debug!("{uri} changed while moving it to step {step}; reading it again");
                 }
-                Err(Error::Store { source: object_store::Error::NotImplemented { .. }, .. }) if conditional => {
+                Err(Error::Store {
+                    source: object_store::Error::NotImplemented { .. },
+                    ..
+                }) if conditional => {
                     // Local filesystem: no If-Match; an atomic overwrite (temporary file + rename).
-                    self.put(LATEST.into(), payload.clone().into(), PutMode::Overwrite).await?;
+                    self.put(LATEST.into(), payload.clone().into(), PutMode::Overwrite)
+                        .await?;
                     return Ok(true);
                 }
                 Err(e) => return Err(e),
             }
         }
-        Err(Error::LatestContended { uri, step, attempts: POINTER_ATTEMPTS })
+        Err(Error::LatestContended {
+            uri,
+            step,
+            attempts: POINTER_ATTEMPTS,
+        })
     }
 
     // ---- reading ----------------------------------------------------------------------------
@@ -373,13 +483,20 @@ impl CheckpointStore {
     async fn load_async(&self, step: u64) -> Result<Loaded> {
         let dir = step_dir(step);
         let Some(marker) = self.marker(step).await? else {
-            return Err(Error::NotCommitted { uri: self.root.uri_of(&dir), step });
+            return Err(Error::NotCommitted {
+                uri: self.root.uri_of(&dir),
+                step,
+            });
         };
         let rel = format!("{dir}/{MANIFEST}");
         let bytes = self.get(&rel).await?;
         let actual = sha256_hex(&bytes);
         if actual != marker {
-            return Err(Error::Corrupt { uri: self.root.uri_of(&rel), step, detail: format!("sha256 {actual}, commit marker says {marker}") });
+            return Err(Error::Corrupt {
+                uri: self.root.uri_of(&rel),
+                step,
+                detail: format!("sha256 {actual}, commit marker says {marker}"),
+            });
         }
         let manifest = Manifest::parse(&bytes, &self.root.uri_of(&rel), step)?;
         let objects = futures::stream::iter(&manifest.objects)
@@ -390,17 +507,35 @@ impl CheckpointStore {
         Ok(Loaded { manifest, objects })
     }
 
-    async fn get_verified(&self, step: u64, dir: &str, entry: &ObjectEntry) -> Result<(String, Bytes)> {
+    async fn get_verified(
+        &self,
+        step: u64,
+        dir: &str,
+        entry: &ObjectEntry,
+    ) -> Result<(String, Bytes)> {
         let rel = format!("{dir}/{}", entry.name);
         let bytes = self.get(&rel).await?;
-        let corrupt = |detail: String| Error::Corrupt { uri: self.root.uri_of(&rel), step, detail };
+        let corrupt = |detail: String| Error::Corrupt {
+            uri: self.root.uri_of(&rel),
+            step,
+            detail,
+        };
         if bytes.len() as u64 != entry.size {
-            return Err(corrupt(format!("{} bytes, manifest says {}", bytes.len(), entry.size)));
+            return Err(corrupt(format!(
+                "{} bytes, manifest says {}",
+                bytes.len(),
+                entry.size
+            )));
         }
         let hashed = bytes.clone();
-        let actual = tokio::task::spawn_blocking(move || sha256_hex(&hashed)).await.map_err(|e| corrupt(format!("hashing failed: {e}")))?;
+        let actual = tokio::task::spawn_blocking(move || sha256_hex(&hashed))
+            .await
+            .map_err(|e| corrupt(format!("hashing failed: {e}")))?;
         if actual != entry.sha256 {
-            return Err(corrupt(format!("sha256 {actual}, manifest says {}", entry.sha256)));
+            return Err(corrupt(format!(
+                "sha256 {actual}, manifest says {}",
+                entry.sha256
+            )));
         }
         debug!("verified {} ({} bytes)", self.root.uri_of(&rel), entry.size);
         Ok((entry.name.clone(), bytes))
@@ -409,7 +544,10 @@ impl CheckpointStore {
     /// Content of the commit marker of `step` (the manifest's sha256), `None` when uncommitted.
     async fn marker(&self, step: u64) -> Result<Option<String>> {
         let rel = format!("{}/{COMMITTED}", step_dir(step));
-        Ok(self.get_opt(&rel).await?.map(|(b, _)| String::from_utf8_lossy(&b).trim().to_string()))
+        Ok(self
+            .get_opt(&rel)
+            .await?
+            .map(|(b, _)| String::from_utf8_lossy(&b).trim().to_string()))
     }
 
     async fn pointer(&self) -> Result<Option<Pointer>> {
@@ -423,21 +561,38 @@ impl CheckpointStore {
     /// files of an interrupted write (invisible to object listings), so they can be removed.
     async fn list_steps(&self) -> Result<BTreeMap<u64, StepListing>> {
         let prefix = (!self.root.prefix.as_ref().is_empty()).then_some(&self.root.prefix);
-        let metas: Vec<ObjectMeta> =
-            self.root.store.list(prefix).try_collect().await.map_err(|e| Error::store(&self.root.uri, "list", e))?;
+        let metas: Vec<ObjectMeta> = self
+            .root
+            .store
+            .list(prefix)
+            .try_collect()
+            .await
+            .map_err(|e| Error::store(&self.root.uri, "list", e))?;
         let mut steps: BTreeMap<u64, StepListing> = BTreeMap::new();
         for meta in metas {
-            let Some(rel) = self.root.rel_of(&meta.location) else { continue };
-            let Some((dir, name)) = rel.split_once('/') else { continue };
-            let Some(step) = parse_step_dir(dir) else { continue };
+            let Some(rel) = self.root.rel_of(&meta.location) else {
+                continue;
+            };
+            let Some((dir, name)) = rel.split_once('/') else {
+                continue;
+            };
+            let Some(step) = parse_step_dir(dir) else {
+                continue;
+            };
             let l = steps.entry(step).or_default();
             l.objects += 1;
             l.bytes += meta.size;
             l.committed |= name == COMMITTED;
         }
         if let Some(dir) = self.root.local_dir() {
-            let entries = std::fs::read_dir(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), source: e })?;
-            for step in entries.flatten().filter_map(|e| e.file_name().to_str().and_then(parse_step_dir)) {
+            let entries = std::fs::read_dir(dir).map_err(|e| Error::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            })?;
+            for step in entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(parse_step_dir))
+            {
                 steps.entry(step).or_default();
             }
         }
@@ -445,7 +600,11 @@ impl CheckpointStore {
     }
 
     /// Removes uncommitted step folders of `steps` other than `except`; returns their steps.
-    async fn remove_uncommitted(&self, steps: &BTreeMap<u64, StepListing>, except: Option<u64>) -> Result<Vec<u64>> {
+    async fn remove_uncommitted(
+        &self,
+        steps: &BTreeMap<u64, StepListing>,
+        except: Option<u64>,
+    ) -> Result<Vec<u64>> {
         let mut removed = Vec::new();
         for (&step, l) in steps {
             if !l.committed && Some(step) != except {
@@ -463,15 +622,25 @@ impl CheckpointStore {
         if let Some(local) = self.root.local_dir() {
             let path = local.join(&dir);
             return match std::fs::remove_dir_all(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io { path, source: e }),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(Error::Io { path, source: e })
+                }
                 _ => Ok(()),
             };
         }
         let prefix = self.root.path(&dir);
-        let metas: Vec<ObjectMeta> =
-            self.root.store.list(Some(&prefix)).try_collect().await.map_err(|e| Error::store(self.root.uri_of(&dir), "list", e))?;
+        let metas: Vec<ObjectMeta> = self
+            .root
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| Error::store(self.root.uri_of(&dir), "list", e))?;
         futures::stream::iter(metas)
-            .map(|m| async move { self.delete(self.root.rel_of(&m.location).unwrap_or_default()).await })
+            .map(|m| async move {
+                self.delete(self.root.rel_of(&m.location).unwrap_or_default())
+                    .await
+            })
             .buffer_unordered(CONCURRENCY)
             .try_collect::<Vec<_>>()
             .await?;
@@ -483,14 +652,25 @@ impl CheckpointStore {
 
     async fn put(&self, rel: String, payload: PutPayload, mode: PutMode) -> Result<()> {
         let size = payload.content_length();
-        self.root.store.put_opts(&self.root.path(&rel), payload, mode.into()).await.map_err(|e| Error::store(self.root.uri_of(&rel), "put", e))?;
+        self.root
+            .store
+            .put_opts(&self.root.path(&rel), payload, mode.into())
+            .await
+            .map_err(|e| Error::store(self.root.uri_of(&rel), "put", e))?;
         debug!("put {} ({size} bytes)", self.root.uri_of(&rel));
         Ok(())
     }
 
     async fn get(&self, rel: &str) -> Result<Bytes> {
         let fail = |e| Error::store(self.root.uri_of(rel), "get", e);
-        self.root.store.get(&self.root.path(rel)).await.map_err(fail)?.bytes().await.map_err(fail)
+        self.root
+            .store
+            .get(&self.root.path(rel))
+            .await
+            .map_err(fail)?
+            .bytes()
+            .await
+            .map_err(fail)
     }
 
     /// The object and its metadata, `None` when it does not exist.

@@ -32,7 +32,10 @@ struct LogWriter(Arc<Mutex<Vec<u8>>>);
 
 impl Write for LogWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(data);
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(data);
         Ok(data.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -42,96 +45,217 @@ impl Write for LogWriter {
 
 /// Quick failure against a dead endpoint: 1 request retry, 1-2 s timeouts.
 fn impatient(attempts: u32) -> RetryPolicy {
-    let mut store = StoreOptions { timeout: Duration::from_secs(10), connect_timeout: Duration::from_secs(1), ..StoreOptions::default() };
+    let mut store = StoreOptions {
+        timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(1),
+        ..StoreOptions::default()
+    };
     store.retry.max_retries = 1;
     store.retry.retry_timeout = Duration::from_secs(3);
-    RetryPolicy { attempts, initial_backoff: Duration::from_millis(500), max_backoff: Duration::from_secs(4), store }
+    RetryPolicy {
+        attempts,
+        initial_backoff: Duration::from_millis(500),
+        max_backoff: Duration::from_secs(4),
+        store,
+    }
 }
 
 #[test]
 fn save_list_load_round_trip_on_seaweedfs_with_conditional_latest() {
     captured_logs();
     let Some(weed) = Weed::start() else { return };
-    let store = open_s3(&weed.endpoint, "wave-test/runs/roundtrip", RetryPolicy::default()).expect("open").with_writer(2, "s3 test");
+    let store = open_s3(
+        &weed.endpoint,
+        "wave-test/runs/roundtrip",
+        RetryPolicy::default(),
+    )
+    .expect("open")
+    .with_writer(2, "s3 test");
     assert_eq!(store.latest().expect("latest"), None);
     for step in [1, 2, 3] {
-        let info = store.save(step, objects(step, 300_000), serde_json::json!({"step": step})).expect("save");
-        assert!(info.latest_moved && info.uri == format!("s3://wave-test/runs/roundtrip/step-0000000{step}"), "{info:?}");
+        let info = store
+            .save(
+                step,
+                objects(step, 300_000),
+                serde_json::json!({"step": step}),
+            )
+            .expect("save");
+        assert!(
+            info.latest_moved
+                && info.uri == format!("s3://wave-test/runs/roundtrip/step-0000000{step}"),
+            "{info:?}"
+        );
     }
     assert_eq!(store.latest().expect("latest"), Some(3));
-    let listed: Vec<_> = store.list().expect("list").into_iter().map(|c| (c.step, c.committed, c.objects)).collect();
+    let listed: Vec<_> = store
+        .list()
+        .expect("list")
+        .into_iter()
+        .map(|c| (c.step, c.committed, c.objects))
+        .collect();
     assert_eq!(listed, vec![(1, true, 5), (2, true, 5), (3, true, 5)]);
     let loaded = store.load(2).expect("load");
     assert_eq!(loaded.objects, objects(2, 300_000));
     assert_eq!(loaded.manifest.world_size, 2);
 
     // A writer that lags behind never moves `latest` back (the conditional put re-reads it).
-    let lagging = store.save(0, objects(0, 10), serde_json::json!({})).expect("save 0");
+    let lagging = store
+        .save(0, objects(0, 10), serde_json::json!({}))
+        .expect("save 0");
     assert!(!lagging.latest_moved);
-    let report = store.apply_retention(Retention { keep_last: 1, keep_every: 2 }).expect("retention");
+    let report = store
+        .apply_retention(Retention {
+            keep_last: 1,
+            keep_every: 2,
+        })
+        .expect("retention");
     assert_eq!(report.deleted, vec![1]);
-    assert_eq!(store.list().expect("list").into_iter().map(|c| c.step).collect::<Vec<_>>(), vec![0, 2, 3]);
-    assert!(matches!(store.load(1), Err(Error::NotCommitted { step: 1, .. })));
+    assert_eq!(
+        store
+            .list()
+            .expect("list")
+            .into_iter()
+            .map(|c| c.step)
+            .collect::<Vec<_>>(),
+        vec![0, 2, 3]
+    );
+    assert!(matches!(
+        store.load(1),
+        Err(Error::NotCommitted { step: 1, .. })
+    ));
 }
 
 #[test]
 fn saver_rides_out_a_20_s_server_outage_and_commits_nothing_corrupt() {
     captured_logs();
-    let Some(mut weed) = Weed::start() else { return };
+    let Some(mut weed) = Weed::start() else {
+        return;
+    };
     // 10 attempts, backoff 0.5 s doubling to 4 s: ~30 s of retrying, longer than the outage.
     let store = open_s3(&weed.endpoint, "wave-test/runs/outage", impatient(10)).expect("open");
-    let mut saver = Saver::new(store.clone(), SaverOptions { max_in_flight: 2, retention: None }).expect("saver");
-    saver.submit(1, objects(1, 200_000), serde_json::json!({})).expect("submit 1");
+    let mut saver = Saver::new(
+        store.clone(),
+        SaverOptions {
+            max_in_flight: 2,
+            retention: None,
+        },
+    )
+    .expect("saver");
+    saver
+        .submit(1, objects(1, 200_000), serde_json::json!({}))
+        .expect("submit 1");
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut outcomes = Vec::new();
     while outcomes.is_empty() && Instant::now() < deadline {
         outcomes.extend(saver.poll());
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(matches!(outcomes.as_slice(), [o] if o.result.is_ok()), "{outcomes:?}");
+    assert!(
+        matches!(outcomes.as_slice(), [o] if o.result.is_ok()),
+        "{outcomes:?}"
+    );
 
     weed.kill();
     let down = Instant::now();
-    saver.submit(2, objects(2, 200_000), serde_json::json!({})).expect("submit 2");
-    saver.submit(3, objects(3, 200_000), serde_json::json!({})).expect("submit 3");
+    saver
+        .submit(2, objects(2, 200_000), serde_json::json!({}))
+        .expect("submit 2");
+    saver
+        .submit(3, objects(3, 200_000), serde_json::json!({}))
+        .expect("submit 3");
     std::thread::sleep(Duration::from_secs(20).saturating_sub(down.elapsed()));
     outcomes.extend(saver.poll());
     weed.restart();
     outcomes.extend(saver.finish().expect("finish"));
 
-    assert_eq!(outcomes.iter().map(|o| o.step).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        outcomes.iter().map(|o| o.step).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
     for o in &outcomes {
         match &o.result {
-            Ok(info) => eprintln!("step {} committed after {} attempts in {:.1} s", o.step, info.attempts, info.elapsed.as_secs_f64()),
+            Ok(info) => eprintln!(
+                "step {} committed after {} attempts in {:.1} s",
+                o.step,
+                info.attempts,
+                info.elapsed.as_secs_f64()
+            ),
             Err(e) => {
                 // Allowed: a clear error naming the object, after the retries ran out.
-                assert!(e.is_transient() && e.to_string().contains("s3://wave-test/runs/outage/"), "step {}: {e}", o.step);
+                assert!(
+                    e.is_transient() && e.to_string().contains("s3://wave-test/runs/outage/"),
+                    "step {}: {e}",
+                    o.step
+                );
             }
         }
     }
-    let latest = store.latest().expect("latest").expect("some step committed");
-    for c in store.list().expect("list").into_iter().filter(|c| c.committed) {
-        store.verify(c.step).unwrap_or_else(|e| panic!("committed step {} is corrupt: {e}", c.step));
+    let latest = store
+        .latest()
+        .expect("latest")
+        .expect("some step committed");
+    for c in store
+        .list()
+        .expect("list")
+        .into_iter()
+        .filter(|c| c.committed)
+    {
+        store
+            .verify(c.step)
+            .unwrap_or_else(|e| panic!("committed step {} is corrupt: {e}", c.step));
     }
-    assert_eq!(store.load(latest).expect("load latest").objects, objects(latest, 200_000));
-    assert!(outcomes[1..].iter().any(|o| o.result.is_ok()), "no save succeeded after the restart: {outcomes:?}");
+    assert_eq!(
+        store.load(latest).expect("load latest").objects,
+        objects(latest, 200_000)
+    );
+    assert!(
+        outcomes[1..].iter().any(|o| o.result.is_ok()),
+        "no save succeeded after the restart: {outcomes:?}"
+    );
 }
 
 #[test]
 fn secret_key_never_appears_in_logs_debug_output_or_errors() {
     let logs = captured_logs();
     let Some(weed) = Weed::start() else { return };
-    let store = open_s3(&weed.endpoint, "wave-test/runs/secret", RetryPolicy::default()).expect("open");
-    store.save(1, objects(1, 1000), serde_json::json!({})).expect("save");
+    let store = open_s3(
+        &weed.endpoint,
+        "wave-test/runs/secret",
+        RetryPolicy::default(),
+    )
+    .expect("open");
+    store
+        .save(1, objects(1, 1000), serde_json::json!({}))
+        .expect("save");
     store.load(1).expect("load");
     let mut texts = vec![format!("{store:?}")];
     let mut errors = vec![store.load(9).expect_err("missing step")];
-    errors.push(store.save(2, vec![("x/y".into(), bytes::Bytes::new())], serde_json::json!({})).expect_err("bad name"));
+    errors.push(
+        store
+            .save(
+                2,
+                vec![("x/y".into(), bytes::Bytes::new())],
+                serde_json::json!({}),
+            )
+            .expect_err("bad name"),
+    );
     // Nobody listens on this port: connection refused after the request retries.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-    let dead = open_s3(&format!("http://127.0.0.1:{port}"), "wave-test/runs/secret", impatient(2)).expect("open dead");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let dead = open_s3(
+        &format!("http://127.0.0.1:{port}"),
+        "wave-test/runs/secret",
+        impatient(2),
+    )
+    .expect("open dead");
     texts.push(format!("{dead:?}"));
-    errors.push(dead.save(1, objects(1, 10), serde_json::json!({})).expect_err("dead endpoint"));
+    errors.push(
+        dead.save(1, objects(1, 10), serde_json::json!({}))
+            .expect_err("dead endpoint"),
+    );
     errors.push(dead.latest().expect_err("dead endpoint"));
     // A bucket that does not exist: the server's own error message.
     let missing_bucket = open_s3(&weed.endpoint, "no-such-bucket/x", impatient(1)).expect("open");
@@ -148,8 +272,12 @@ fn secret_key_never_appears_in_logs_debug_output_or_errors() {
         }
         texts.push(chain);
     }
-    let logged = String::from_utf8_lossy(&logs.lock().unwrap_or_else(|e| e.into_inner())).to_string();
-    assert!(logged.contains("put s3://wave-test/runs/secret/step-00000001/model.safetensors"), "debug logs were not captured");
+    let logged =
+        String::from_utf8_lossy(&logs.lock().unwrap_or_else(|e| e.into_inner())).to_string();
+    assert!(
+        logged.contains("put s3://wave-test/runs/secret/step-00000001/model.safetensors"),
+        "debug logs were not captured"
+    );
     texts.push(logged);
     for t in &texts {
         assert!(!t.contains(FAKE_SECRET), "secret leaked in: {t}");

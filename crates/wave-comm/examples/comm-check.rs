@@ -42,11 +42,15 @@ fn run() -> Result<()> {
         .chunks(2)
         .map(|kv| match kv {
             [k, v] if k.starts_with("--") => Ok((&k[2..], v.as_str())),
-            _ => Err(anyhow::anyhow!("expected `--option value` pairs, got {kv:?}")),
+            _ => Err(anyhow::anyhow!(
+                "expected `--option value` pairs, got {kv:?}"
+            )),
         })
         .collect::<Result<_>>()?;
     let num = |key: &str, default: f64| -> Result<f64> {
-        opts.get(key).map_or(Ok(default), |v| v.parse().with_context(|| format!("--{key} {v}")))
+        opts.get(key).map_or(Ok(default), |v| {
+            v.parse().with_context(|| format!("--{key} {v}"))
+        })
     };
     tch::set_num_threads(1);
     let info = RankInfo::from_env()?;
@@ -57,27 +61,51 @@ fn run() -> Result<()> {
         "cpu" => Device::Cpu,
         "cuda" => {
             let count = tch::Cuda::device_count();
-            ensure!(count > 0, "rank {}: CUDA not detected (libtorch sees no GPU; is libtorch_cuda.so loaded?)", info.rank);
-            println!("rank {}/{}: cuda devices {count}", info.rank, info.world_size);
+            ensure!(
+                count > 0,
+                "rank {}: CUDA not detected (libtorch sees no GPU; is libtorch_cuda.so loaded?)",
+                info.rank
+            );
+            println!(
+                "rank {}/{}: cuda devices {count}",
+                info.rank, info.world_size
+            );
             Device::Cuda(info.local_rank % count as usize)
         }
         other => bail!("--device {other}: expected cpu or cuda"),
     };
     let cfg = CommConfig {
-        backend: opts.get("backend").copied().unwrap_or("auto").parse::<Backend>()?,
+        backend: opts
+            .get("backend")
+            .copied()
+            .unwrap_or("auto")
+            .parse::<Backend>()?,
         timeout_s: num("timeout", 60.0)?,
         ..CommConfig::default()
     };
     let started = Instant::now();
     let comm = Communicator::init(&info, &cfg, device)?;
     let tag = format!("rank {}/{}", comm.rank(), comm.world_size());
-    println!("{tag}: backend {} launcher {} pid {} init {:.2} s", comm.backend(), info.launcher, std::process::id(), started.elapsed().as_secs_f64());
+    println!(
+        "{tag}: backend {} launcher {} pid {} init {:.2} s",
+        comm.backend(),
+        info.launcher,
+        std::process::id(),
+        started.elapsed().as_secs_f64()
+    );
     match mode.as_str() {
         "collectives" => collectives(&comm, device, &tag, num("bench-mb", 0.0)?)?,
         "loop" => {
             let me = comm.rank() as f64;
-            let stall = (num("stall-rank", -1.0)? == me).then(|| num("stall-secs", 0.0)).transpose()?;
-            run_loop(&comm, num("steps", 10.0)? as u64, stall, num("fail-rank", -1.0)? == me)?
+            let stall = (num("stall-rank", -1.0)? == me)
+                .then(|| num("stall-secs", 0.0))
+                .transpose()?;
+            run_loop(
+                &comm,
+                num("steps", 10.0)? as u64,
+                stall,
+                num("fail-rank", -1.0)? == me,
+            )?
         }
         other => bail!("unknown mode {other}"),
     }
@@ -95,7 +123,10 @@ fn collectives(comm: &Communicator, device: Device, tag: &str, bench_mb: f64) ->
     let mut t = (Tensor::arange(n, cpu) + rank as f64).to_device(device);
     comm.all_reduce_sum_(&mut t, "sum check")?;
     let expected = Tensor::arange(n, cpu) * world as f64 + (world * (world - 1) / 2) as f64;
-    ensure!(max_diff(&t, &expected) == 0.0, "{tag}: all_reduce sum differs from the CPU result");
+    ensure!(
+        max_diff(&t, &expected) == 0.0,
+        "{tag}: all_reduce sum differs from the CPU result"
+    );
     println!("{tag}: all_reduce sum ok ({n} floats on {device:?})");
 
     // Random values: compare with the sum of every rank's tensor regenerated on the CPU.
@@ -104,36 +135,63 @@ fn collectives(comm: &Communicator, device: Device, tag: &str, bench_mb: f64) ->
         Tensor::randn([n], cpu)
     };
     let mut t = gen(rank).to_device(device);
-    let expected = (0..world).map(gen).fold(Tensor::zeros([n], cpu), |acc, x| acc + x) / world as f64;
+    let expected = (0..world)
+        .map(gen)
+        .fold(Tensor::zeros([n], cpu), |acc, x| acc + x)
+        / world as f64;
     comm.all_reduce_mean_(&mut t, "mean check")?;
     let diff = max_diff(&t, &expected);
-    ensure!(diff < 1e-5, "{tag}: all_reduce mean of random values differs from the CPU result by {diff}");
+    ensure!(
+        diff < 1e-5,
+        "{tag}: all_reduce mean of random values differs from the CPU result by {diff}"
+    );
     println!("{tag}: all_reduce mean ok (max diff {diff:.1e})");
 
     // Strided (non-contiguous) tensor: staged and copied back.
     let base = Tensor::ones([64, 2], cpu).to_device(device);
     let mut column = base.select(1, 0);
     comm.all_reduce_sum_(&mut column, "strided check")?;
-    ensure!(max_diff(&base.select(1, 0), &Tensor::full([64], world as f64, cpu)) == 0.0, "{tag}: strided all_reduce");
-    ensure!(max_diff(&base.select(1, 1), &Tensor::ones([64], cpu)) == 0.0, "{tag}: strided all_reduce touched other elements");
+    ensure!(
+        max_diff(&base.select(1, 0), &Tensor::full([64], world as f64, cpu)) == 0.0,
+        "{tag}: strided all_reduce"
+    );
+    ensure!(
+        max_diff(&base.select(1, 1), &Tensor::ones([64], cpu)) == 0.0,
+        "{tag}: strided all_reduce touched other elements"
+    );
 
     let mut b = Tensor::full([5], if rank == 0 { 42.0 } else { -1.0 }, cpu).to_device(device);
     comm.broadcast_(&mut b, "broadcast check")?;
-    ensure!(max_diff(&b, &Tensor::full([5], 42.0, cpu)) == 0.0, "{tag}: broadcast tensor");
-    let msg = if rank == 0 { b"hello from rank 0".to_vec() } else { Vec::new() };
+    ensure!(
+        max_diff(&b, &Tensor::full([5], 42.0, cpu)) == 0.0,
+        "{tag}: broadcast tensor"
+    );
+    let msg = if rank == 0 {
+        b"hello from rank 0".to_vec()
+    } else {
+        Vec::new()
+    };
     let got = comm.broadcast_bytes(&msg, "broadcast bytes check")?;
-    ensure!(got == b"hello from rank 0", "{tag}: broadcast bytes got {got:?}");
+    ensure!(
+        got == b"hello from rank 0",
+        "{tag}: broadcast bytes got {got:?}"
+    );
     println!("{tag}: broadcast ok");
 
     let mine = format!("rank-{rank}-{}", "x".repeat(rank as usize));
     let all = comm.all_gather_bytes(mine.as_bytes(), "all_gather check")?;
-    let want: Vec<Vec<u8>> = (0..world).map(|r| format!("rank-{r}-{}", "x".repeat(r as usize)).into_bytes()).collect();
+    let want: Vec<Vec<u8>> = (0..world)
+        .map(|r| format!("rank-{r}-{}", "x".repeat(r as usize)).into_bytes())
+        .collect();
     ensure!(all == want, "{tag}: all_gather got {all:?}");
     println!("{tag}: all_gather ok");
 
     comm.check_same("config", b"same on every rank")?;
     let differs = comm.check_same("data set", format!("fingerprint {}", rank % 2).as_bytes());
-    ensure!(differs.is_err() == (world > 1), "{tag}: check_same on differing values returned {differs:?}");
+    ensure!(
+        differs.is_err() == (world > 1),
+        "{tag}: check_same on differing values returned {differs:?}"
+    );
     if let Err(e) = differs {
         println!("{tag}: check_same ok ({e})");
     }
@@ -184,8 +242,18 @@ fn run_loop(comm: &Communicator, steps: u64, stall: Option<f64>, fail: bool) -> 
 /// Rank 0 serves a stand-in NCCL id; every rank prints what it holds afterwards.
 fn rendezvous(info: &RankInfo, timeout_s: f64) -> Result<()> {
     let master = info.master.clone().context("MASTER_ADDR is not set")?;
-    let id: Vec<u8> = if info.rank == 0 { (0..128u32).map(|i| (i * 7 + 3) as u8).collect() } else { Vec::new() };
-    let got = wave_comm::rendezvous::exchange(&master, info.rank, info.world_size, &id, Duration::from_secs_f64(timeout_s))?;
+    let id: Vec<u8> = if info.rank == 0 {
+        (0..128u32).map(|i| (i * 7 + 3) as u8).collect()
+    } else {
+        Vec::new()
+    };
+    let got = wave_comm::rendezvous::exchange(
+        &master,
+        info.rank,
+        info.world_size,
+        &id,
+        Duration::from_secs_f64(timeout_s),
+    )?;
     let hex: String = got.iter().map(|b| format!("{b:02x}")).collect();
     println!("rank {}/{} id {hex}", info.rank, info.world_size);
     println!("OK rank {}", info.rank);

@@ -78,7 +78,13 @@ impl Communicator {
     }
 
     fn local_for(info: RankInfo, timeout: Duration) -> Communicator {
-        Communicator { transport: Box::new(Local), watchdog: None, info, backend: Backend::Local, timeout }
+        Communicator {
+            transport: Box::new(Local),
+            watchdog: None,
+            info,
+            backend: Backend::Local,
+            timeout,
+        }
     }
 
     /// Starts the backend chosen by `cfg.backend` (see [`Backend::resolve`]) for tensors on
@@ -87,7 +93,9 @@ impl Communicator {
     pub fn init(info: &RankInfo, cfg: &CommConfig, device: Device) -> Result<Communicator, Error> {
         cfg.validate()?;
         // Probe (dlopen) NCCL only when it could be chosen: the library is large.
-        let nccl = device.is_cuda() && matches!(cfg.backend, Backend::Auto | Backend::Nccl) && nccl_present();
+        let nccl = device.is_cuda()
+            && matches!(cfg.backend, Backend::Auto | Backend::Nccl)
+            && nccl_present();
         let backend = cfg.backend.resolve(info, device, nccl)?;
         if backend == Backend::Local {
             return Ok(Communicator::local_for(info.clone(), cfg.timeout()));
@@ -100,7 +108,13 @@ impl Communicator {
         })?;
         let transport = start_backend(backend, info, cfg, device, &watchdog)?;
         tracing::info!(rank = info.rank, world_size = info.world_size, launcher = %info.launcher, %backend, "communicator ready");
-        Ok(Communicator { transport, watchdog: Some(watchdog), info: info.clone(), backend, timeout: cfg.timeout() })
+        Ok(Communicator {
+            transport,
+            watchdog: Some(watchdog),
+            info: info.clone(),
+            backend,
+            timeout: cfg.timeout(),
+        })
     }
 
     /// This process's rank.
@@ -132,7 +146,11 @@ impl Communicator {
     /// to NCCL; under MPI they are staged through host memory.
     pub fn all_reduce_sum_(&self, t: &mut Tensor, context: &str) -> Result<(), Error> {
         if t.kind() != Kind::Float {
-            return Err(self.tensor_error(Op::AllReduce, context, format!("expected f32, got {:?}", t.kind())));
+            return Err(self.tensor_error(
+                Op::AllReduce,
+                context,
+                format!("expected f32, got {:?}", t.kind()),
+            ));
         }
         self.on_transport(Op::AllReduce, context, t, |tr, t| tr.all_reduce_sum(t))
     }
@@ -158,11 +176,19 @@ impl Communicator {
 
     /// Returns rank 0's `bytes` on every rank (other ranks' `bytes` are ignored).
     pub fn broadcast_bytes(&self, bytes: &[u8], context: &str) -> Result<Vec<u8>, Error> {
-        let len = if self.is_root() { bytes.len() as i64 } else { 0 };
+        let len = if self.is_root() {
+            bytes.len() as i64
+        } else {
+            0
+        };
         let mut len_t = Tensor::from_slice(&[len]);
         self.broadcast_(&mut len_t, context)?;
         let len = len_t.int64_value(&[0]).max(0) as usize;
-        let mut buf = if self.is_root() { Tensor::from_slice(bytes) } else { Tensor::zeros([len as i64], (Kind::Uint8, Device::Cpu)) };
+        let mut buf = if self.is_root() {
+            Tensor::from_slice(bytes)
+        } else {
+            Tensor::zeros([len as i64], (Kind::Uint8, Device::Cpu))
+        };
         if len > 0 {
             self.broadcast_(&mut buf, context)?;
         }
@@ -175,13 +201,29 @@ impl Communicator {
         let lens = self.all_gather_fixed(&(bytes.len() as u64).to_le_bytes(), context)?;
         let lens: Vec<usize> = lens
             .chunks_exact(8)
-            .map(|c| c.iter().rev().fold(0usize, |acc, &b| (acc << 8) | b as usize))
+            .map(|c| {
+                c.iter()
+                    .rev()
+                    .fold(0usize, |acc, &b| (acc << 8) | b as usize)
+            })
             .collect();
         let longest = lens.iter().copied().max().unwrap_or(0);
         let mut padded = bytes.to_vec();
         padded.resize(longest, 0);
-        let all = if longest == 0 { Vec::new() } else { self.all_gather_fixed(&padded, context)? };
-        Ok(lens.iter().enumerate().map(|(r, &len)| all.get(r * longest..r * longest + len).unwrap_or_default().to_vec()).collect())
+        let all = if longest == 0 {
+            Vec::new()
+        } else {
+            self.all_gather_fixed(&padded, context)?
+        };
+        Ok(lens
+            .iter()
+            .enumerate()
+            .map(|(r, &len)| {
+                all.get(r * longest..r * longest + len)
+                    .unwrap_or_default()
+                    .to_vec()
+            })
+            .collect())
     }
 
     /// Returns once every rank has called it.
@@ -200,15 +242,25 @@ impl Communicator {
         for (rank, v) in all.iter().enumerate() {
             groups.entry(v).or_default().push(rank);
         }
-        let detail: Vec<String> = groups.iter().map(|(v, ranks)| format!("ranks {ranks:?} have {}", show(v))).collect();
-        Err(Error::Mismatch { rank: self.rank(), what: what.to_string(), detail: detail.join("; ") })
+        let detail: Vec<String> = groups
+            .iter()
+            .map(|(v, ranks)| format!("ranks {ranks:?} have {}", show(v)))
+            .collect();
+        Err(Error::Mismatch {
+            rank: self.rank(),
+            what: what.to_string(),
+            detail: detail.join("; "),
+        })
     }
 
     /// Ends the whole job now: prints `reason` with this rank, aborts the backend (under MPI the
     /// launcher then ends every rank at once instead of waiting for their timeouts) and exits with
     /// `code`. For a rank that hits an error the others cannot know about.
     pub fn abort(&self, reason: &str, code: i32) -> ! {
-        let err = Error::Aborted { rank: self.rank(), reason: reason.to_string() };
+        let err = Error::Aborted {
+            rank: self.rank(),
+            reason: reason.to_string(),
+        };
         match &self.watchdog {
             Some(w) => w.fail(&err, code),
             None => {
@@ -219,9 +271,22 @@ impl Communicator {
     }
 
     /// Runs `f` under the watchdog and adds rank, operation and context to its error.
-    fn run<T>(&self, op: Op, context: &str, f: impl FnOnce(&dyn Transport) -> Result<T, String>) -> Result<T, Error> {
-        let _armed = self.watchdog.as_ref().map(|w| w.arm(op, context, self.timeout));
-        f(self.transport.as_ref()).map_err(|reason| Error::Collective { rank: self.rank(), op, context: context.to_string(), reason })
+    fn run<T>(
+        &self,
+        op: Op,
+        context: &str,
+        f: impl FnOnce(&dyn Transport) -> Result<T, String>,
+    ) -> Result<T, Error> {
+        let _armed = self
+            .watchdog
+            .as_ref()
+            .map(|w| w.arm(op, context, self.timeout));
+        f(self.transport.as_ref()).map_err(|reason| Error::Collective {
+            rank: self.rank(),
+            op,
+            context: context.to_string(),
+            reason,
+        })
     }
 
     /// Runs `f` on `t` itself when it is contiguous on the backend's device, else on a staged copy
@@ -238,7 +303,10 @@ impl Communicator {
             return self.run(op, context, |tr| f(tr, t));
         }
         let tensor_err = |e: TchError| self.tensor_error(op, context, e.to_string());
-        let mut staged = t.f_to_device(target).and_then(|s| s.f_contiguous()).map_err(tensor_err)?;
+        let mut staged = t
+            .f_to_device(target)
+            .and_then(|s| s.f_contiguous())
+            .map_err(tensor_err)?;
         self.run(op, context, |tr| f(tr, &mut staged))?;
         t.f_copy_(&staged).map_err(tensor_err)
     }
@@ -247,7 +315,9 @@ impl Communicator {
     fn all_gather_fixed(&self, bytes: &[u8], context: &str) -> Result<Vec<u8>, Error> {
         let tensor_err = |e: TchError| self.tensor_error(Op::AllGather, context, e.to_string());
         let device = self.transport.device().unwrap_or(Device::Cpu);
-        let send = Tensor::f_from_slice(bytes).and_then(|t| t.f_to_device(device)).map_err(tensor_err)?;
+        let send = Tensor::f_from_slice(bytes)
+            .and_then(|t| t.f_to_device(device))
+            .map_err(tensor_err)?;
         let total = (bytes.len() * self.world_size()) as i64;
         let mut recv = Tensor::f_zeros([total], (Kind::Uint8, device)).map_err(tensor_err)?;
         self.run(Op::AllGather, context, |tr| tr.all_gather(&send, &mut recv))?;
@@ -255,14 +325,22 @@ impl Communicator {
     }
 
     fn tensor_error(&self, op: Op, context: &str, reason: String) -> Error {
-        Error::Tensor { rank: self.rank(), op, context: context.to_string(), reason }
+        Error::Tensor {
+            rank: self.rank(),
+            op,
+            context: context.to_string(),
+            reason,
+        }
     }
 }
 
 impl Drop for Communicator {
     /// Shuts the backend down under the watchdog: `MPI_Finalize` waits for peers that may be stuck.
     fn drop(&mut self) {
-        let _armed = self.watchdog.as_ref().map(|w| w.arm(Op::Shutdown, "finalize", self.timeout));
+        let _armed = self
+            .watchdog
+            .as_ref()
+            .map(|w| w.arm(Op::Shutdown, "finalize", self.timeout));
         self.transport = Box::new(Local);
     }
 }
@@ -277,7 +355,9 @@ fn show(v: &[u8]) -> String {
         Ok(s) if s.len() <= 80 && !s.chars().any(char::is_control) => format!("{s:?}"),
         _ => {
             // FNV-1a: enough to tell values apart in a message.
-            let hash = v.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+            let hash = v.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+                (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+            });
             format!("{} bytes, fnv {hash:016x}", v.len())
         }
     }
@@ -291,12 +371,18 @@ fn start_backend(
     device: Device,
     watchdog: &Watchdog,
 ) -> Result<Box<dyn Transport>, Error> {
-    let unavailable = |reason: &str| Error::Unavailable { rank: info.rank, backend: backend.name(), reason: reason.to_string() };
+    let unavailable = |reason: &str| Error::Unavailable {
+        rank: info.rank,
+        backend: backend.name(),
+        reason: reason.to_string(),
+    };
     match backend {
         #[cfg(feature = "mpi")]
         Backend::Mpi => Ok(Box::new(crate::mpi::Mpi::init(info, cfg, watchdog)?)),
         #[cfg(feature = "nccl")]
-        Backend::Nccl => Ok(Box::new(crate::nccl::Nccl::init(info, cfg, device, watchdog)?)),
+        Backend::Nccl => Ok(Box::new(crate::nccl::Nccl::init(
+            info, cfg, device, watchdog,
+        )?)),
         Backend::Local | Backend::Auto => Ok(Box::new(Local)),
         #[allow(unreachable_patterns)]
         _ => Err(unavailable("not compiled in")),

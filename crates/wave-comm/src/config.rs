@@ -44,8 +44,17 @@ impl Backend {
     /// At world size 1 `Auto` is Local even on a GPU: NCCL would only add start-up time and
     /// memory. A world size above 1 with no backend able to reach the peers is an error, never a
     /// silent set of independent runs.
-    pub fn resolve(self, info: &RankInfo, device: Device, nccl_present: bool) -> Result<Backend, Error> {
-        let unavailable = |backend: Backend, reason: String| Error::Unavailable { rank: info.rank, backend: backend.name(), reason };
+    pub fn resolve(
+        self,
+        info: &RankInfo,
+        device: Device,
+        nccl_present: bool,
+    ) -> Result<Backend, Error> {
+        let unavailable = |backend: Backend, reason: String| Error::Unavailable {
+            rank: info.rank,
+            backend: backend.name(),
+            reason,
+        };
         let mpi_launched = info.launcher.is_mpi() || info.launcher == crate::Launcher::Slurm;
         match self {
             Backend::Auto if info.world_size == 1 => Ok(Backend::Local),
@@ -89,7 +98,10 @@ impl FromStr for Backend {
         [Backend::Auto, Backend::Local, Backend::Mpi, Backend::Nccl]
             .into_iter()
             .find(|b| b.name() == s)
-            .ok_or_else(|| Error::Config { field: "backend", reason: format!("expected auto, local, mpi or nccl, got {s:?}") })
+            .ok_or_else(|| Error::Config {
+                field: "backend",
+                reason: format!("expected auto, local, mpi or nccl, got {s:?}"),
+            })
     }
 }
 
@@ -108,16 +120,26 @@ pub struct CommConfig {
 
 impl Default for CommConfig {
     fn default() -> CommConfig {
-        CommConfig { backend: Backend::Auto, timeout_s: 300.0, init_timeout_s: 600.0 }
+        CommConfig {
+            backend: Backend::Auto,
+            timeout_s: 300.0,
+            init_timeout_s: 600.0,
+        }
     }
 }
 
 impl CommConfig {
     /// Checks the limits are positive and finite.
     pub fn validate(&self) -> Result<(), Error> {
-        for (field, v) in [("timeout_s", self.timeout_s), ("init_timeout_s", self.init_timeout_s)] {
+        for (field, v) in [
+            ("timeout_s", self.timeout_s),
+            ("init_timeout_s", self.init_timeout_s),
+        ] {
             if !(v.is_finite() && v > 0.0) {
-                return Err(Error::Config { field, reason: format!("must be a positive number of seconds, got {v}") });
+                return Err(Error::Config {
+                    field,
+                    reason: format!("must be a positive number of seconds, got {v}"),
+                });
             }
         }
         Ok(())

@@ -77,10 +77,20 @@ pub struct RankInfo {
 /// The variables each launcher sets, in order of precedence: MPI launchers first (an `mpirun`
 /// inside a Slurm allocation also inherits `SLURM_*`), then torchrun-style, then Slurm.
 const SCHEMES: [(Launcher, &str, &str, &str); 4] = [
-    (Launcher::OpenMpi, "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+    (
+        Launcher::OpenMpi,
+        "OMPI_COMM_WORLD_RANK",
+        "OMPI_COMM_WORLD_SIZE",
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+    ),
     (Launcher::Mpich, "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
     (Launcher::Torchrun, "RANK", "WORLD_SIZE", "LOCAL_RANK"),
-    (Launcher::Slurm, "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
+    (
+        Launcher::Slurm,
+        "SLURM_PROCID",
+        "SLURM_NTASKS",
+        "SLURM_LOCALID",
+    ),
 ];
 
 /// A value and the variable it came from (for error messages).
@@ -100,16 +110,21 @@ impl<'a> Env<'a> {
     fn number<'v>(&self, var: &'v str) -> Result<Option<Sourced<'v>>, Error> {
         match self.get(var) {
             None => Ok(None),
-            Some(raw) => raw.parse().map(|value| Some(Sourced { value, var })).map_err(|_| Error::Launcher {
-                vars: format!("{var}={raw}"),
-                reason: "not a non-negative integer".into(),
-            }),
+            Some(raw) => raw
+                .parse()
+                .map(|value| Some(Sourced { value, var }))
+                .map_err(|_| Error::Launcher {
+                    vars: format!("{var}={raw}"),
+                    reason: "not a non-negative integer".into(),
+                }),
         }
     }
 
     fn describe(&self, vars: &[&str]) -> String {
-        let shown: Vec<String> =
-            vars.iter().map(|v| format!("{v}={}", self.get(v).unwrap_or("<unset>"))).collect();
+        let shown: Vec<String> = vars
+            .iter()
+            .map(|v| format!("{v}={}", self.get(v).unwrap_or("<unset>")))
+            .collect();
         shown.join(", ")
     }
 }
@@ -117,7 +132,13 @@ impl<'a> Env<'a> {
 impl RankInfo {
     /// One process, no launcher.
     pub fn single() -> RankInfo {
-        RankInfo { rank: 0, world_size: 1, local_rank: 0, launcher: Launcher::Single, master: None }
+        RankInfo {
+            rank: 0,
+            world_size: 1,
+            local_rank: 0,
+            launcher: Launcher::Single,
+            master: None,
+        }
     }
 
     /// [`RankInfo::detect`] on this process's environment.
@@ -171,26 +192,44 @@ impl RankInfo {
             launcher = Launcher::Explicit;
         }
 
-        let world = world.unwrap_or(Sourced { value: 1, var: WORLD_SIZE_VAR });
+        let world = world.unwrap_or(Sourced {
+            value: 1,
+            var: WORLD_SIZE_VAR,
+        });
         let rank = match rank {
             Some(r) => r,
-            None if world.value == 1 => Sourced { value: 0, var: RANK_VAR },
+            None if world.value == 1 => Sourced {
+                value: 0,
+                var: RANK_VAR,
+            },
             None => {
                 return Err(Error::Launcher {
                     vars: env.describe(&[world.var, RANK_VAR, "JOB_COMPLETION_INDEX"]),
-                    reason: format!("world size {} but no rank; set {RANK_VAR} or JOB_COMPLETION_INDEX", world.value),
+                    reason: format!(
+                        "world size {} but no rank; set {RANK_VAR} or JOB_COMPLETION_INDEX",
+                        world.value
+                    ),
                 })
             }
         };
-        let local = local.unwrap_or(Sourced { value: 0, var: LOCAL_RANK_VAR });
+        let local = local.unwrap_or(Sourced {
+            value: 0,
+            var: LOCAL_RANK_VAR,
+        });
         if world.value == 0 {
-            return Err(Error::Launcher { vars: env.describe(&[world.var]), reason: "world size must be at least 1".into() });
+            return Err(Error::Launcher {
+                vars: env.describe(&[world.var]),
+                reason: "world size must be at least 1".into(),
+            });
         }
         for (what, v) in [("rank", rank), ("local rank", local)] {
             if v.value >= world.value {
                 return Err(Error::Launcher {
                     vars: env.describe(&[v.var, world.var]),
-                    reason: format!("{what} {} is not below the world size {}", v.value, world.value),
+                    reason: format!(
+                        "{what} {} is not below the world size {}",
+                        v.value, world.value
+                    ),
                 });
             }
         }
@@ -200,14 +239,22 @@ impl RankInfo {
             Some(host) => {
                 let port = match env.get("MASTER_PORT") {
                     None => DEFAULT_MASTER_PORT,
-                    Some(raw) => raw.parse().ok().filter(|&p: &u16| p != 0).ok_or_else(|| Error::Launcher {
-                        vars: env.describe(&["MASTER_PORT"]),
-                        reason: "not a TCP port (1-65535)".into(),
+                    Some(raw) => raw.parse().ok().filter(|&p: &u16| p != 0).ok_or_else(|| {
+                        Error::Launcher {
+                            vars: env.describe(&["MASTER_PORT"]),
+                            reason: "not a TCP port (1-65535)".into(),
+                        }
                     })?,
                 };
                 Some((host.to_string(), port))
             }
         };
-        Ok(RankInfo { rank: rank.value, world_size: world.value, local_rank: local.value, launcher, master })
+        Ok(RankInfo {
+            rank: rank.value,
+            world_size: world.value,
+            local_rank: local.value,
+            launcher,
+            master,
+        })
     }
 }

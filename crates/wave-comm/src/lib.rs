@@ -63,5 +63,7 @@ mod watchdog;
 pub use comm::{nccl_present, Communicator};
 pub use config::{Backend, CommConfig};
 pub use error::{Error, Op};
-pub use launcher::{Launcher, RankInfo, DEFAULT_MASTER_PORT, LOCAL_RANK_VAR, RANK_VAR, WORLD_SIZE_VAR};
+pub use launcher::{
+    Launcher, RankInfo, DEFAULT_MASTER_PORT, LOCAL_RANK_VAR, RANK_VAR, WORLD_SIZE_VAR,
+};
 pub use watchdog::TIMEOUT_EXIT_CODE;

@@ -38,8 +38,17 @@ pub(crate) struct Mpi {
 
 impl Mpi {
     /// Initialises MPI and checks that it sees the rank and world size the launcher announced.
-    pub(crate) fn init(info: &RankInfo, cfg: &CommConfig, watchdog: &Watchdog) -> Result<Mpi, Error> {
-        let fail = |reason: String| Error::Collective { rank: info.rank, op: Op::Init, context: "MPI_Init".into(), reason };
+    pub(crate) fn init(
+        info: &RankInfo,
+        cfg: &CommConfig,
+        watchdog: &Watchdog,
+    ) -> Result<Mpi, Error> {
+        let fail = |reason: String| Error::Collective {
+            rank: info.rank,
+            op: Op::Init,
+            context: "MPI_Init".into(),
+            reason,
+        };
         let _armed = watchdog.arm(Op::Init, "MPI_Init", cfg.init_timeout());
         // MULTIPLE because the watchdog thread may call MPI_Abort while the main thread is inside
         // a collective; Open MPI provides it.
@@ -62,7 +71,10 @@ impl Mpi {
             )));
         }
         tracing::debug!(rank, size, ?threading, "MPI initialised");
-        Ok(Mpi { world, _universe: universe })
+        Ok(Mpi {
+            world,
+            _universe: universe,
+        })
     }
 
     /// Overwrites `buf` with rank 0's bytes.

@@ -45,19 +45,32 @@ pub(crate) struct Nccl {
 
 impl Nccl {
     /// Binds this thread to `device`, obtains the unique id from rank 0 and creates the communicator.
-    pub(crate) fn init(info: &RankInfo, cfg: &CommConfig, device: Device, watchdog: &Watchdog) -> Result<Nccl, Error> {
-        let fail = |reason: String| Error::Collective { rank: info.rank, op: Op::Init, context: "nccl".into(), reason };
+    pub(crate) fn init(
+        info: &RankInfo,
+        cfg: &CommConfig,
+        device: Device,
+        watchdog: &Watchdog,
+    ) -> Result<Nccl, Error> {
+        let fail = |reason: String| Error::Collective {
+            rank: info.rank,
+            op: Op::Init,
+            context: "nccl".into(),
+            reason,
+        };
         let Device::Cuda(ordinal) = device else {
             return Err(fail(format!("needs a CUDA device, got {device:?}")));
         };
         // SAFETY: only tries to dlopen the candidate library names.
         if !unsafe { cusys::is_culib_present() } {
-            return Err(fail("the CUDA driver library (libcuda.so.1) is not loadable".into()));
+            return Err(fail(
+                "the CUDA driver library (libcuda.so.1) is not loadable".into(),
+            ));
         }
         let ctx = bind_device(ordinal).map_err(fail)?;
 
         let mine = if info.rank == 0 {
-            let id = nccl::get_uniqueid().map_err(|e| fail(format!("ncclGetUniqueId: {:?}", e.0)))?;
+            let id =
+                nccl::get_uniqueid().map_err(|e| fail(format!("ncclGetUniqueId: {:?}", e.0)))?;
             id.internal.iter().map(|&c| c as u8).collect()
         } else {
             Vec::new()
@@ -78,7 +91,10 @@ impl Nccl {
 
         let mut id = ncclsys::ncclUniqueId { internal: [0; 128] };
         if id_bytes.len() != id.internal.len() {
-            return Err(fail(format!("rank 0 sent a {}-byte NCCL id, expected 128", id_bytes.len())));
+            return Err(fail(format!(
+                "rank 0 sent a {}-byte NCCL id, expected 128",
+                id_bytes.len()
+            )));
         }
         for (dst, &b) in id.internal.iter_mut().zip(&id_bytes) {
             *dst = b as c_char;
@@ -89,8 +105,10 @@ impl Nccl {
             let _armed = watchdog.arm(Op::Init, "ncclCommInitRank", cfg.init_timeout());
             // SAFETY: `comm` is a valid out-pointer; the id came from rank 0's ncclGetUniqueId and
             // this thread's current context is the device's primary context.
-            unsafe { nccl::comm_init_rank(&mut comm, info.world_size as c_int, id, info.rank as c_int) }
-                .map_err(|e| fail(format!("ncclCommInitRank: {:?}", e.0)))?;
+            unsafe {
+                nccl::comm_init_rank(&mut comm, info.world_size as c_int, id, info.rank as c_int)
+            }
+            .map_err(|e| fail(format!("ncclCommInitRank: {:?}", e.0)))?;
         }
         let abort_handle = Arc::new(AtomicUsize::new(comm as usize));
         let handle = Arc::clone(&abort_handle);
@@ -116,7 +134,14 @@ impl Nccl {
 
     /// Makes the device's primary context current, launches `op` on the default stream, and
     /// waits for it.
-    fn launch(&self, name: &str, op: impl FnOnce(ncclsys::ncclComm_t, ncclsys::cudaStream_t) -> Result<nccl::NcclStatus, nccl::NcclError>) -> Result<(), String> {
+    fn launch(
+        &self,
+        name: &str,
+        op: impl FnOnce(
+            ncclsys::ncclComm_t,
+            ncclsys::cudaStream_t,
+        ) -> Result<nccl::NcclStatus, nccl::NcclError>,
+    ) -> Result<(), String> {
         // SAFETY: `ctx` is the retained primary context of this communicator's device.
         unsafe { cu::ctx::set_current(self.ctx) }.map_err(|e| format!("cuCtxSetCurrent: {e}"))?;
         op(self.comm, ptr::null_mut()).map_err(|e| format!("{name}: {:?}", e.0))?;
@@ -137,9 +162,14 @@ impl Nccl {
             let mut state = ncclsys::ncclResult_t::ncclSuccess;
             // SAFETY: `comm` is live while `self` is; `state` is a valid out-pointer.
             unsafe { ncclsys::ncclCommGetAsyncError(self.comm, &mut state) };
-            if !matches!(state, ncclsys::ncclResult_t::ncclSuccess | ncclsys::ncclResult_t::ncclInProgress) {
+            if !matches!(
+                state,
+                ncclsys::ncclResult_t::ncclSuccess | ncclsys::ncclResult_t::ncclInProgress
+            ) {
                 self.broken.set(true);
-                return Err(format!("NCCL asynchronous error {state:?}: a peer failed or the network broke"));
+                return Err(format!(
+                    "NCCL asynchronous error {state:?}: a peer failed or the network broke"
+                ));
             }
             spins = spins.saturating_add(1);
             if spins < 1000 {
@@ -154,17 +184,24 @@ impl Nccl {
 /// Makes `ordinal`'s primary context (the one libtorch uses) current on this thread.
 fn bind_device(ordinal: usize) -> Result<cusys::CUcontext, String> {
     cu::init().map_err(|e| format!("cuInit: {e}"))?;
-    let dev = cu::device::get(ordinal as c_int).map_err(|e| format!("cuDeviceGet({ordinal}): {e}"))?;
+    let dev =
+        cu::device::get(ordinal as c_int).map_err(|e| format!("cuDeviceGet({ordinal}): {e}"))?;
     // SAFETY: `dev` is a valid device handle; the primary context stays retained for the
     // process's lifetime (libtorch holds it as well).
-    let ctx = unsafe { cu::primary_ctx::retain(dev) }.map_err(|e| format!("cuDevicePrimaryCtxRetain: {e}"))?;
+    let ctx = unsafe { cu::primary_ctx::retain(dev) }
+        .map_err(|e| format!("cuDevicePrimaryCtxRetain: {e}"))?;
     // SAFETY: `ctx` was just retained.
     unsafe { cu::ctx::set_current(ctx) }.map_err(|e| format!("cuCtxSetCurrent: {e}"))?;
     Ok(ctx)
 }
 
 /// Rank 0 serves its id over TCP; the others fetch it (world size 1: nothing to exchange).
-fn exchange_over_tcp(info: &RankInfo, cfg: &CommConfig, watchdog: &Watchdog, mine: &[u8]) -> Result<Vec<u8>, Error> {
+fn exchange_over_tcp(
+    info: &RankInfo,
+    cfg: &CommConfig,
+    watchdog: &Watchdog,
+    mine: &[u8],
+) -> Result<Vec<u8>, Error> {
     if info.world_size == 1 {
         return Ok(mine.to_vec());
     }
@@ -174,7 +211,11 @@ fn exchange_over_tcp(info: &RankInfo, cfg: &CommConfig, watchdog: &Watchdog, min
         reason: "world size > 1 without an MPI launcher needs rank 0's address in MASTER_ADDR (and MASTER_PORT)".into(),
     })?;
     // The rendezvous has its own deadline; the watchdog is only a backstop a little later.
-    let _armed = watchdog.arm(Op::Init, "NCCL id rendezvous", cfg.init_timeout() + Duration::from_secs(30));
+    let _armed = watchdog.arm(
+        Op::Init,
+        "NCCL id rendezvous",
+        cfg.init_timeout() + Duration::from_secs(30),
+    );
     crate::rendezvous::exchange(master, info.rank, info.world_size, mine, cfg.init_timeout())
 }
 
@@ -209,7 +250,17 @@ impl Transport for Nccl {
         self.launch("ncclAllReduce", |comm, stream| {
             // SAFETY: `p` points at `n` contiguous f32 values on this communicator's device,
             // exclusively borrowed for the call, which `launch` waits for.
-            unsafe { nccl::all_reduce(p, p, n, ncclsys::ncclDataType_t::ncclFloat32, ncclsys::ncclRedOp_t::ncclSum, comm, stream) }
+            unsafe {
+                nccl::all_reduce(
+                    p,
+                    p,
+                    n,
+                    ncclsys::ncclDataType_t::ncclFloat32,
+                    ncclsys::ncclRedOp_t::ncclSum,
+                    comm,
+                    stream,
+                )
+            }
         })
     }
 
@@ -231,7 +282,8 @@ impl Transport for Nccl {
     }
 
     fn barrier(&self) -> Result<(), String> {
-        let mut token = Tensor::f_zeros([1], (Kind::Float, self.device)).map_err(|e| e.to_string())?;
+        let mut token =
+            Tensor::f_zeros([1], (Kind::Float, self.device)).map_err(|e| e.to_string())?;
         self.all_reduce_sum(&mut token)
     }
 }

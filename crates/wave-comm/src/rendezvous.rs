@@ -26,9 +26,19 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Returns rank 0's `payload` on every rank (other ranks' `payload` is ignored). `master` is rank
 /// 0's `(host, port)`; gives up after `timeout`.
-pub fn exchange(master: &(String, u16), rank: usize, world_size: usize, payload: &[u8], timeout: Duration) -> Result<Vec<u8>, Error> {
+pub fn exchange(
+    master: &(String, u16),
+    rank: usize,
+    world_size: usize,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>, Error> {
     let deadline = Instant::now() + timeout;
-    let err = |reason: String| Error::Rendezvous { rank, addr: format!("{}:{}", master.0, master.1), reason };
+    let err = |reason: String| Error::Rendezvous {
+        rank,
+        addr: format!("{}:{}", master.0, master.1),
+        reason,
+    };
     if world_size <= 1 {
         return Ok(payload.to_vec());
     }
@@ -41,7 +51,8 @@ pub fn exchange(master: &(String, u16), rank: usize, world_size: usize, payload:
 
 /// Rank 0: answers every other rank once, or fails naming the ranks that never came.
 fn serve(port: u16, world_size: usize, payload: &[u8], deadline: Instant) -> Result<(), String> {
-    let listener = TcpListener::bind(("0.0.0.0", port)).map_err(|e| format!("cannot listen on port {port}: {e}"))?;
+    let listener = TcpListener::bind(("0.0.0.0", port))
+        .map_err(|e| format!("cannot listen on port {port}: {e}"))?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     let mut served = vec![false; world_size];
     served[0] = true;
@@ -53,10 +64,14 @@ fn serve(port: u16, world_size: usize, payload: &[u8], deadline: Instant) -> Res
         match listener.accept() {
             Ok((stream, peer)) => match answer(stream, world_size, payload) {
                 Ok(Some(r)) => served[r] = true,
-                Ok(None) => tracing::debug!(%peer, "rendezvous: ignored a connection that is not a wave-comm rank"),
+                Ok(None) => {
+                    tracing::debug!(%peer, "rendezvous: ignored a connection that is not a wave-comm rank")
+                }
                 Err(refusal) => return Err(refusal),
             },
-            Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
             Err(e) => return Err(format!("accept: {e}")),
         }
     }
@@ -65,7 +80,11 @@ fn serve(port: u16, world_size: usize, payload: &[u8], deadline: Instant) -> Res
 
 /// Reads one request and replies. `Ok(Some(rank))`: served; `Ok(None)`: not a rank (or it went
 /// away; it will retry); `Err`: a rank of another job shape, refused and fatal.
-fn answer(mut stream: TcpStream, world_size: usize, payload: &[u8]) -> Result<Option<usize>, String> {
+fn answer(
+    mut stream: TcpStream,
+    world_size: usize,
+    payload: &[u8],
+) -> Result<Option<usize>, String> {
     let setup = stream
         .set_nonblocking(false)
         .and_then(|()| stream.set_read_timeout(Some(IO_TIMEOUT)))
@@ -77,9 +96,13 @@ fn answer(mut stream: TcpStream, world_size: usize, payload: &[u8]) -> Result<Op
     let word = |i: usize| u32::from_le_bytes([hello[i], hello[i + 1], hello[i + 2], hello[i + 3]]);
     let (version, rank, world) = (word(8), word(12) as usize, word(16) as usize);
     let refusal = if version != VERSION {
-        Some(format!("rank {rank} speaks rendezvous version {version}, rank 0 speaks {VERSION}"))
+        Some(format!(
+            "rank {rank} speaks rendezvous version {version}, rank 0 speaks {VERSION}"
+        ))
     } else if world != world_size {
-        Some(format!("rank {rank} was started with world size {world}, rank 0 with {world_size}"))
+        Some(format!(
+            "rank {rank} was started with world size {world}, rank 0 with {world_size}"
+        ))
     } else if rank == 0 || rank >= world_size {
         Some(format!("a process claiming rank {rank} connected (world size {world_size}); two jobs share this address?"))
     } else {
@@ -107,12 +130,21 @@ enum Reply {
 }
 
 /// Other ranks: retries until rank 0 answers or the deadline passes.
-fn fetch(master: &(String, u16), rank: usize, world_size: usize, deadline: Instant, timeout: Duration) -> Result<Vec<u8>, String> {
+fn fetch(
+    master: &(String, u16),
+    rank: usize,
+    world_size: usize,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
     let (mut attempts, mut backoff, mut last) = (0u32, Duration::from_millis(100), String::new());
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(format!("gave up after {attempts} attempts in {:.0} s; last: {last}", timeout.as_secs_f64()));
+            return Err(format!(
+                "gave up after {attempts} attempts in {:.0} s; last: {last}",
+                timeout.as_secs_f64()
+            ));
         }
         attempts += 1;
         match try_fetch(master, rank, world_size, left) {
@@ -136,9 +168,17 @@ fn fetch(master: &(String, u16), rank: usize, world_size: usize, deadline: Insta
 }
 
 /// One attempt: resolve, connect, ask, read the reply.
-fn try_fetch(master: &(String, u16), rank: usize, world_size: usize, left: Duration) -> Result<Reply, String> {
+fn try_fetch(
+    master: &(String, u16),
+    rank: usize,
+    world_size: usize,
+    left: Duration,
+) -> Result<Reply, String> {
     let (host, port) = (master.0.as_str(), master.1);
-    let addrs: Vec<_> = (host, port).to_socket_addrs().map_err(|e| format!("cannot resolve {host}: {e}"))?.collect();
+    let addrs: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .collect();
     let mut stream = None;
     let mut errors = Vec::new();
     for addr in &addrs {
@@ -150,9 +190,12 @@ fn try_fetch(master: &(String, u16), rank: usize, world_size: usize, left: Durat
             Err(e) => errors.push(format!("{addr}: {e}")),
         }
     }
-    let mut stream = stream.ok_or_else(|| format!("cannot connect to {host}:{port} ({})", errors.join("; ")))?;
+    let mut stream =
+        stream.ok_or_else(|| format!("cannot connect to {host}:{port} ({})", errors.join("; ")))?;
     let io = |e: std::io::Error| format!("talking to {host}:{port}: {e}");
-    stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).map_err(io)?;
+    stream
+        .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+        .map_err(io)?;
     let mut hello = MAGIC.to_vec();
     for word in [VERSION, rank as u32, world_size as u32] {
         hello.extend_from_slice(&word.to_le_bytes());
@@ -162,7 +205,9 @@ fn try_fetch(master: &(String, u16), rank: usize, world_size: usize, left: Durat
     stream.read_exact(&mut head).map_err(io)?;
     let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
     if len > MAX_PAYLOAD {
-        return Err(format!("{host}:{port} sent a {len}-byte reply; is it a wave-comm rank 0?"));
+        return Err(format!(
+            "{host}:{port} sent a {len}-byte reply; is it a wave-comm rank 0?"
+        ));
     }
     let mut body = vec![0u8; len as usize];
     stream.read_exact(&mut body).map_err(io)?;

@@ -56,7 +56,13 @@ impl Shared {
             std::process::abort();
         });
         // Newest first: NCCL's communicator before the MPI job it was bootstrapped through.
-        for abort in self.aborts.lock().unwrap_or_else(PoisonError::into_inner).iter().rev() {
+        for abort in self
+            .aborts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .rev()
+        {
             abort(code);
         }
         std::process::exit(code);
@@ -81,18 +87,29 @@ impl Drop for ArmGuard<'_> {
 impl Watchdog {
     /// Starts the thread for `rank`.
     pub(crate) fn start(rank: usize) -> Result<Watchdog, std::io::Error> {
-        let shared = Arc::new(Shared { state: Mutex::new(State::default()), wake: Condvar::new(), aborts: Mutex::new(Vec::new()) });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            aborts: Mutex::new(Vec::new()),
+        });
         let watched = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name(format!("wave-comm-watchdog-{rank}"))
             .spawn(move || watch(&watched, rank))?;
-        Ok(Watchdog { shared, thread: Some(thread) })
+        Ok(Watchdog {
+            shared,
+            thread: Some(thread),
+        })
     }
 
     /// Adds to what a timeout (or [`Watchdog::fail`]) runs before `exit`.
     #[cfg_attr(not(any(feature = "mpi", feature = "nccl")), allow(dead_code))] // only backends add aborts
     pub(crate) fn add_abort(&self, abort: AbortFn) {
-        self.shared.aborts.lock().unwrap_or_else(PoisonError::into_inner).push(abort);
+        self.shared
+            .aborts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(abort);
     }
 
     /// Reports `err`, aborts the backend (ending the peers under MPI) and exits with `code`.
@@ -102,7 +119,12 @@ impl Watchdog {
 
     /// Watches `op` for at most `limit`, until the guard is dropped.
     pub(crate) fn arm(&self, op: Op, context: &str, limit: Duration) -> ArmGuard<'_> {
-        let armed = Armed { op, context: context.to_string(), deadline: Instant::now() + limit, limit };
+        let armed = Armed {
+            op,
+            context: context.to_string(),
+            deadline: Instant::now() + limit,
+            limit,
+        };
         self.shared.lock().armed = Some(armed);
         self.shared.wake.notify_one();
         ArmGuard(&self.shared)
@@ -128,13 +150,25 @@ fn watch(shared: &Shared, rank: usize) {
         }
         let now = Instant::now();
         state = match state.armed.as_ref().map(|a| a.deadline) {
-            None => shared.wake.wait(state).unwrap_or_else(PoisonError::into_inner),
+            None => shared
+                .wake
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner),
             Some(deadline) if now < deadline => {
-                shared.wake.wait_timeout(state, deadline - now).unwrap_or_else(PoisonError::into_inner).0
+                shared
+                    .wake
+                    .wait_timeout(state, deadline - now)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
             }
             Some(_) => {
                 let err = match state.armed.take() {
-                    Some(a) => Error::Timeout { rank, op: a.op, context: a.context, timeout_s: a.limit.as_secs_f64() },
+                    Some(a) => Error::Timeout {
+                        rank,
+                        op: a.op,
+                        context: a.context,
+                        timeout_s: a.limit.as_secs_f64(),
+                    },
                     None => continue,
                 };
                 drop(state);

@@ -6,7 +6,10 @@ use tch::Device;
 use wave_comm::{Backend, CommConfig, Error, Launcher, RankInfo};
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn detect(pairs: &[(&str, &str)]) -> RankInfo {
@@ -24,27 +27,51 @@ fn detect_err(pairs: &[(&str, &str)]) -> String {
 fn no_launcher_means_one_process() {
     let info = detect(&[("HOME", "/root")]);
     assert_eq!(info, RankInfo::single());
-    assert_eq!((info.rank, info.world_size, info.local_rank, info.launcher), (0, 1, 0, Launcher::Single));
+    assert_eq!(
+        (info.rank, info.world_size, info.local_rank, info.launcher),
+        (0, 1, 0, Launcher::Single)
+    );
 }
 
 #[test]
 fn open_mpi_variables_give_rank_world_and_local_rank() {
-    let info = detect(&[("OMPI_COMM_WORLD_RANK", "3"), ("OMPI_COMM_WORLD_SIZE", "8"), ("OMPI_COMM_WORLD_LOCAL_RANK", "1")]);
-    assert_eq!((info.rank, info.world_size, info.local_rank, info.launcher), (3, 8, 1, Launcher::OpenMpi));
+    let info = detect(&[
+        ("OMPI_COMM_WORLD_RANK", "3"),
+        ("OMPI_COMM_WORLD_SIZE", "8"),
+        ("OMPI_COMM_WORLD_LOCAL_RANK", "1"),
+    ]);
+    assert_eq!(
+        (info.rank, info.world_size, info.local_rank, info.launcher),
+        (3, 8, 1, Launcher::OpenMpi)
+    );
     assert!(info.launcher.is_mpi());
     assert_eq!(info.master, None);
 }
 
 #[test]
 fn mpich_pmi_variables_are_detected() {
-    let info = detect(&[("PMI_RANK", "2"), ("PMI_SIZE", "4"), ("MPI_LOCALRANKID", "0")]);
-    assert_eq!((info.rank, info.world_size, info.local_rank, info.launcher), (2, 4, 0, Launcher::Mpich));
+    let info = detect(&[
+        ("PMI_RANK", "2"),
+        ("PMI_SIZE", "4"),
+        ("MPI_LOCALRANKID", "0"),
+    ]);
+    assert_eq!(
+        (info.rank, info.world_size, info.local_rank, info.launcher),
+        (2, 4, 0, Launcher::Mpich)
+    );
 }
 
 #[test]
 fn slurm_variables_are_detected() {
-    let info = detect(&[("SLURM_PROCID", "5"), ("SLURM_NTASKS", "16"), ("SLURM_LOCALID", "1")]);
-    assert_eq!((info.rank, info.world_size, info.local_rank, info.launcher), (5, 16, 1, Launcher::Slurm));
+    let info = detect(&[
+        ("SLURM_PROCID", "5"),
+        ("SLURM_NTASKS", "16"),
+        ("SLURM_LOCALID", "1"),
+    ]);
+    assert_eq!(
+        (info.rank, info.world_size, info.local_rank, info.launcher),
+        (5, 16, 1, Launcher::Slurm)
+    );
 }
 
 #[test]
@@ -56,14 +83,24 @@ fn torchrun_variables_give_the_master_address() {
         ("MASTER_ADDR", "node-0"),
         ("MASTER_PORT", "29400"),
     ]);
-    assert_eq!((info.rank, info.world_size, info.local_rank, info.launcher), (1, 2, 1, Launcher::Torchrun));
+    assert_eq!(
+        (info.rank, info.world_size, info.local_rank, info.launcher),
+        (1, 2, 1, Launcher::Torchrun)
+    );
     assert_eq!(info.master, Some(("node-0".to_string(), 29400)));
 }
 
 #[test]
 fn master_port_defaults_to_torchrun_s() {
-    let info = detect(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "10.0.0.1")]);
-    assert_eq!(info.master, Some(("10.0.0.1".to_string(), wave_comm::DEFAULT_MASTER_PORT)));
+    let info = detect(&[
+        ("RANK", "0"),
+        ("WORLD_SIZE", "2"),
+        ("MASTER_ADDR", "10.0.0.1"),
+    ]);
+    assert_eq!(
+        info.master,
+        Some(("10.0.0.1".to_string(), wave_comm::DEFAULT_MASTER_PORT))
+    );
 }
 
 #[test]
@@ -74,14 +111,23 @@ fn indexed_job_uses_completion_index_configured_world_size_and_service_name() {
         ("MASTER_ADDR", "train-0.train-headless"),
         ("MASTER_PORT", "29500"),
     ]);
-    assert_eq!((info.rank, info.world_size, info.local_rank, info.launcher), (3, 4, 0, Launcher::IndexedJob));
-    assert_eq!(info.master, Some(("train-0.train-headless".to_string(), 29500)));
+    assert_eq!(
+        (info.rank, info.world_size, info.local_rank, info.launcher),
+        (3, 4, 0, Launcher::IndexedJob)
+    );
+    assert_eq!(
+        info.master,
+        Some(("train-0.train-headless".to_string(), 29500))
+    );
 }
 
 #[test]
 fn indexed_job_without_world_size_is_an_error_naming_wave_world_size() {
     let msg = detect_err(&[("JOB_COMPLETION_INDEX", "1")]);
-    assert!(msg.contains("JOB_COMPLETION_INDEX=1") && msg.contains("WAVE_WORLD_SIZE"), "{msg}");
+    assert!(
+        msg.contains("JOB_COMPLETION_INDEX=1") && msg.contains("WAVE_WORLD_SIZE"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -92,7 +138,10 @@ fn mpi_launcher_wins_over_inherited_slurm_variables() {
         ("OMPI_COMM_WORLD_RANK", "2"),
         ("OMPI_COMM_WORLD_SIZE", "4"),
     ]);
-    assert_eq!((info.rank, info.world_size, info.launcher), (2, 4, Launcher::OpenMpi));
+    assert_eq!(
+        (info.rank, info.world_size, info.launcher),
+        (2, 4, Launcher::OpenMpi)
+    );
 }
 
 #[test]
@@ -104,32 +153,55 @@ fn explicit_overrides_win_over_the_launcher() {
         ("WAVE_WORLD_SIZE", "4"),
         ("WAVE_LOCAL_RANK", "1"),
     ]);
-    assert_eq!((info.rank, info.world_size, info.local_rank, info.launcher), (3, 4, 1, Launcher::Torchrun));
+    assert_eq!(
+        (info.rank, info.world_size, info.local_rank, info.launcher),
+        (3, 4, 1, Launcher::Torchrun)
+    );
     let alone = detect(&[("WAVE_RANK", "1"), ("WAVE_WORLD_SIZE", "2")]);
-    assert_eq!((alone.rank, alone.world_size, alone.launcher), (1, 2, Launcher::Explicit));
+    assert_eq!(
+        (alone.rank, alone.world_size, alone.launcher),
+        (1, 2, Launcher::Explicit)
+    );
 }
 
 #[test]
 fn rank_not_below_world_size_is_an_error_naming_the_variables() {
     let msg = detect_err(&[("OMPI_COMM_WORLD_RANK", "4"), ("OMPI_COMM_WORLD_SIZE", "4")]);
-    assert!(msg.contains("OMPI_COMM_WORLD_RANK=4") && msg.contains("OMPI_COMM_WORLD_SIZE=4"), "{msg}");
+    assert!(
+        msg.contains("OMPI_COMM_WORLD_RANK=4") && msg.contains("OMPI_COMM_WORLD_SIZE=4"),
+        "{msg}"
+    );
     let msg = detect_err(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("WAVE_LOCAL_RANK", "2")]);
-    assert!(msg.contains("WAVE_LOCAL_RANK=2") && msg.contains("local rank"), "{msg}");
+    assert!(
+        msg.contains("WAVE_LOCAL_RANK=2") && msg.contains("local rank"),
+        "{msg}"
+    );
     let msg = detect_err(&[("RANK", "1"), ("WORLD_SIZE", "4"), ("WAVE_WORLD_SIZE", "1")]);
-    assert!(msg.contains("RANK=1") && msg.contains("WAVE_WORLD_SIZE=1"), "{msg}");
+    assert!(
+        msg.contains("RANK=1") && msg.contains("WAVE_WORLD_SIZE=1"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn half_set_or_unparsable_variables_are_errors_naming_them() {
     let msg = detect_err(&[("RANK", "1")]);
-    assert!(msg.contains("RANK=1") && msg.contains("WORLD_SIZE=<unset>"), "{msg}");
+    assert!(
+        msg.contains("RANK=1") && msg.contains("WORLD_SIZE=<unset>"),
+        "{msg}"
+    );
     let msg = detect_err(&[("SLURM_PROCID", "one"), ("SLURM_NTASKS", "2")]);
     assert!(msg.contains("SLURM_PROCID=one"), "{msg}");
     let msg = detect_err(&[("WAVE_WORLD_SIZE", "2")]);
     assert!(msg.contains("no rank"), "{msg}");
     let msg = detect_err(&[("RANK", "0"), ("WORLD_SIZE", "0")]);
     assert!(msg.contains("WORLD_SIZE=0"), "{msg}");
-    let msg = detect_err(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "http")]);
+    let msg = detect_err(&[
+        ("RANK", "0"),
+        ("WORLD_SIZE", "2"),
+        ("MASTER_ADDR", "h"),
+        ("MASTER_PORT", "http"),
+    ]);
     assert!(msg.contains("MASTER_PORT=http"), "{msg}");
     let msg = detect_err(&[("MASTER_ADDR", "h"), ("MASTER_PORT", "0")]);
     assert!(msg.contains("MASTER_PORT=0"), "{msg}");
@@ -140,14 +212,28 @@ fn backend_words_parse_and_print() {
     for word in ["auto", "local", "mpi", "nccl"] {
         assert_eq!(word.parse::<Backend>().expect("parse").to_string(), word);
     }
-    assert!(matches!("gloo".parse::<Backend>(), Err(Error::Config { field: "backend", .. })));
-    assert!(CommConfig { timeout_s: 0.0, ..CommConfig::default() }.validate().is_err());
+    assert!(matches!(
+        "gloo".parse::<Backend>(),
+        Err(Error::Config {
+            field: "backend",
+            ..
+        })
+    ));
+    assert!(CommConfig {
+        timeout_s: 0.0,
+        ..CommConfig::default()
+    }
+    .validate()
+    .is_err());
 }
 
 #[test]
 fn comm_section_parses_from_toml_and_rejects_unknown_keys() {
     let cfg: CommConfig = toml::from_str("backend = \"mpi\"\ntimeout_s = 30").expect("parse");
-    assert_eq!((cfg.backend, cfg.timeout_s, cfg.init_timeout_s), (Backend::Mpi, 30.0, CommConfig::default().init_timeout_s));
+    assert_eq!(
+        (cfg.backend, cfg.timeout_s, cfg.init_timeout_s),
+        (Backend::Mpi, 30.0, CommConfig::default().init_timeout_s)
+    );
     assert!(toml::from_str::<CommConfig>("timeout = 30").is_err());
     assert!(toml::from_str::<CommConfig>("backend = \"gloo\"").is_err());
 }
@@ -155,8 +241,18 @@ fn comm_section_parses_from_toml_and_rejects_unknown_keys() {
 #[test]
 fn auto_backend_is_local_at_world_size_one_even_on_gpu() {
     let one = RankInfo::single();
-    assert_eq!(Backend::Auto.resolve(&one, Device::Cpu, false).expect("cpu"), Backend::Local);
-    assert_eq!(Backend::Auto.resolve(&one, Device::Cuda(0), true).expect("gpu"), Backend::Local);
+    assert_eq!(
+        Backend::Auto
+            .resolve(&one, Device::Cpu, false)
+            .expect("cpu"),
+        Backend::Local
+    );
+    assert_eq!(
+        Backend::Auto
+            .resolve(&one, Device::Cuda(0), true)
+            .expect("gpu"),
+        Backend::Local
+    );
 }
 
 #[test]
@@ -178,11 +274,27 @@ fn auto_backend_prefers_nccl_for_cuda_then_mpi_under_mpirun() {
 
 #[test]
 fn world_size_above_one_without_a_usable_backend_is_an_error() {
-    let k8s = detect(&[("JOB_COMPLETION_INDEX", "0"), ("WAVE_WORLD_SIZE", "2"), ("MASTER_ADDR", "svc")]);
-    let msg = Backend::Auto.resolve(&k8s, Device::Cpu, false).expect_err("no CPU backend over TCP").to_string();
-    assert!(msg.contains("world size 2") && msg.contains("indexed-job"), "{msg}");
-    let msg = Backend::Local.resolve(&k8s, Device::Cpu, false).expect_err("local at world 2").to_string();
+    let k8s = detect(&[
+        ("JOB_COMPLETION_INDEX", "0"),
+        ("WAVE_WORLD_SIZE", "2"),
+        ("MASTER_ADDR", "svc"),
+    ]);
+    let msg = Backend::Auto
+        .resolve(&k8s, Device::Cpu, false)
+        .expect_err("no CPU backend over TCP")
+        .to_string();
+    assert!(
+        msg.contains("world size 2") && msg.contains("indexed-job"),
+        "{msg}"
+    );
+    let msg = Backend::Local
+        .resolve(&k8s, Device::Cpu, false)
+        .expect_err("local at world 2")
+        .to_string();
     assert!(msg.contains("local"), "{msg}");
-    let msg = Backend::Nccl.resolve(&k8s, Device::Cpu, true).expect_err("nccl on cpu").to_string();
+    let msg = Backend::Nccl
+        .resolve(&k8s, Device::Cpu, true)
+        .expect_err("nccl on cpu")
+        .to_string();
     assert!(msg.contains("nccl"), "{msg}");
 }

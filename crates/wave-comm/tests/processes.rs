@@ -18,7 +18,10 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// The example binary cargo builds next to the test binaries (`target/release/examples`).
 fn comm_check() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target profile folder");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target profile folder");
     let path = dir.join("examples").join("comm-check");
     assert!(path.exists(), "{} is missing: cargo test builds examples; run `cargo build --release -p wave-comm --examples`", path.display());
     path
@@ -30,9 +33,17 @@ fn mpirun_available() -> bool {
         eprintln!("skipped: built without the `mpi` feature");
         return false;
     }
-    let ok = Command::new("mpirun").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    let ok = Command::new("mpirun")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
     if !ok {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "mpirun is missing (install openmpi-bin)");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "mpirun is missing (install openmpi-bin)"
+        );
         eprintln!("skipped: mpirun is missing (install openmpi-bin)");
     }
     ok
@@ -101,20 +112,45 @@ fn finish(mut child: Child, limit: Duration, lines: Option<mpsc::Sender<String>>
     };
     let elapsed = started.elapsed();
     let output = out_thread.join().unwrap_or_default() + &err_thread.join().unwrap_or_default();
-    Finished { status, output, elapsed }
+    Finished {
+        status,
+        output,
+        elapsed,
+    }
 }
 
 fn collectives_agree_across(ranks: usize) {
     let Some(_serial) = mpi_test() else { return };
-    let child = mpirun(ranks, &["collectives", "--backend", "mpi", "--timeout", "60"]).spawn().expect("mpirun");
+    let child = mpirun(
+        ranks,
+        &["collectives", "--backend", "mpi", "--timeout", "60"],
+    )
+    .spawn()
+    .expect("mpirun");
     let run = finish(child, Duration::from_secs(90), None);
     assert!(run.status.success(), "mpirun failed:\n{}", run.output);
     for rank in 0..ranks {
         let tag = format!("rank {rank}/{ranks}");
-        for check in ["backend mpi", "all_reduce sum ok", "all_reduce mean ok", "broadcast ok", "all_gather ok", "check_same ok", "barrier ok"] {
-            assert!(run.output.contains(&format!("{tag}: {check}")), "{tag} did not report {check:?}:\n{}", run.output);
+        for check in [
+            "backend mpi",
+            "all_reduce sum ok",
+            "all_reduce mean ok",
+            "broadcast ok",
+            "all_gather ok",
+            "check_same ok",
+            "barrier ok",
+        ] {
+            assert!(
+                run.output.contains(&format!("{tag}: {check}")),
+                "{tag} did not report {check:?}:\n{}",
+                run.output
+            );
         }
-        assert!(run.output.contains(&format!("OK rank {rank}\n")), "rank {rank} did not finish:\n{}", run.output);
+        assert!(
+            run.output.contains(&format!("OK rank {rank}\n")),
+            "rank {rank} did not finish:\n{}",
+            run.output
+        );
     }
 }
 
@@ -132,27 +168,76 @@ fn mpi_collectives_match_cpu_results_on_4_ranks() {
 fn a_stalled_rank_ends_every_rank_soon_after_the_timeout_naming_rank_op_and_step() {
     let Some(_serial) = mpi_test() else { return };
     let timeout_s = 3.0;
-    let args = ["loop", "--steps", "10", "--stall-rank", "1", "--stall-secs", "120", "--timeout", "3"];
+    let args = [
+        "loop",
+        "--steps",
+        "10",
+        "--stall-rank",
+        "1",
+        "--stall-secs",
+        "120",
+        "--timeout",
+        "3",
+    ];
     let child = mpirun(2, &args).spawn().expect("mpirun");
     let run = finish(child, Duration::from_secs(60), None);
-    assert!(!run.status.success(), "a stalled job must fail:\n{}", run.output);
+    assert!(
+        !run.status.success(),
+        "a stalled job must fail:\n{}",
+        run.output
+    );
     // Start-up (~1-2 s) + two steps + the timeout + the launcher tearing down, with slack for a
     // busy machine; the stalled rank alone would sleep 120 s.
-    assert!(run.elapsed.as_secs_f64() < timeout_s + 20.0, "took {:?}:\n{}", run.elapsed, run.output);
+    assert!(
+        run.elapsed.as_secs_f64() < timeout_s + 20.0,
+        "took {:?}:\n{}",
+        run.elapsed,
+        run.output
+    );
     let expected = format!("rank 0: all_reduce (step 2) did not complete within {timeout_s:.1} s");
-    assert!(run.output.contains(&expected), "missing {expected:?}:\n{}", run.output);
+    assert!(
+        run.output.contains(&expected),
+        "missing {expected:?}:\n{}",
+        run.output
+    );
 }
 
 #[test]
 fn a_rank_that_aborts_ends_every_rank_at_once_naming_itself() {
     let Some(_serial) = mpi_test() else { return };
-    let child = mpirun(2, &["loop", "--steps", "10", "--fail-rank", "1", "--timeout", "300"]).spawn().expect("mpirun");
+    let child = mpirun(
+        2,
+        &[
+            "loop",
+            "--steps",
+            "10",
+            "--fail-rank",
+            "1",
+            "--timeout",
+            "300",
+        ],
+    )
+    .spawn()
+    .expect("mpirun");
     let run = finish(child, Duration::from_secs(60), None);
-    assert!(!run.status.success(), "an aborted job must fail:\n{}", run.output);
+    assert!(
+        !run.status.success(),
+        "an aborted job must fail:\n{}",
+        run.output
+    );
     // Well before rank 0's 300 s timeout.
-    assert!(run.elapsed < Duration::from_secs(30), "took {:?}:\n{}", run.elapsed, run.output);
+    assert!(
+        run.elapsed < Duration::from_secs(30),
+        "took {:?}:\n{}",
+        run.elapsed,
+        run.output
+    );
     let expected = "rank 1 aborted the job: simulated local error before step 2";
-    assert!(run.output.contains(expected), "missing {expected:?}:\n{}", run.output);
+    assert!(
+        run.output.contains(expected),
+        "missing {expected:?}:\n{}",
+        run.output
+    );
 }
 
 #[test]
@@ -160,24 +245,45 @@ fn killing_one_rank_ends_every_rank_within_60_s() {
     let Some(_serial) = mpi_test() else { return };
     let ranks = 3;
     // A long collective timeout, so that it is the launcher noticing the death that ends the job.
-    let child = mpirun(ranks, &["loop", "--steps", "100000000", "--timeout", "300"]).spawn().expect("mpirun");
+    let child = mpirun(ranks, &["loop", "--steps", "100000000", "--timeout", "300"])
+        .spawn()
+        .expect("mpirun");
     let (tx, rx) = mpsc::channel();
     let waiter = std::thread::spawn(move || finish(child, Duration::from_secs(120), Some(tx)));
     let mut pids = HashMap::new();
     while pids.len() < ranks {
-        let line = rx.recv_timeout(Duration::from_secs(60)).expect("every rank reports ready within 60 s");
-        if let Some((rank, pid)) = line.trim().strip_prefix("rank ").and_then(|rest| rest.split_once(" ready pid ")) {
-            pids.insert(rank.parse::<usize>().expect("rank"), pid.parse::<u32>().expect("pid"));
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("every rank reports ready within 60 s");
+        if let Some((rank, pid)) = line
+            .trim()
+            .strip_prefix("rank ")
+            .and_then(|rest| rest.split_once(" ready pid "))
+        {
+            pids.insert(
+                rank.parse::<usize>().expect("rank"),
+                pid.parse::<u32>().expect("pid"),
+            );
         }
     }
     std::thread::sleep(Duration::from_millis(500));
     let killed_at = Instant::now();
-    let status = Command::new("kill").args(["-9", &pids[&1].to_string()]).status().expect("kill");
+    let status = Command::new("kill")
+        .args(["-9", &pids[&1].to_string()])
+        .status()
+        .expect("kill");
     assert!(status.success());
     let run = waiter.join().expect("waiter");
     let gone_after = killed_at.elapsed();
-    assert!(!run.status.success(), "the job must fail when a rank dies:\n{}", run.output);
-    assert!(gone_after < Duration::from_secs(60), "took {gone_after:?} after the kill");
+    assert!(
+        !run.status.success(),
+        "the job must fail when a rank dies:\n{}",
+        run.output
+    );
+    assert!(
+        gone_after < Duration::from_secs(60),
+        "took {gone_after:?} after the kill"
+    );
     // mpirun may return a moment before its daemon has reaped the surviving ranks.
     let alive = |pid: u32| {
         let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -187,13 +293,19 @@ fn killing_one_rank_ends_every_rank_within_60_s() {
         std::thread::sleep(Duration::from_millis(100));
     }
     for (rank, pid) in pids {
-        assert!(!alive(pid), "rank {rank} (pid {pid}) is still running 60 s after the kill");
+        assert!(
+            !alive(pid),
+            "rank {rank} (pid {pid}) is still running 60 s after the kill"
+        );
     }
 }
 
 /// A port that was free a moment ago.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
 }
 
 /// Starts one rank of a Kubernetes-Indexed-Job-style job: only these variables, no launcher.
@@ -219,16 +331,28 @@ fn indexed_job_rank(index: usize, world: usize, port: u16) -> Child {
 #[test]
 fn tcp_rendezvous_hands_rank0_s_id_to_separate_processes_even_when_rank0_starts_late() {
     let (world, port) = (3, free_port());
-    let others: Vec<Child> = (1..world).map(|i| indexed_job_rank(i, world, port)).collect();
+    let others: Vec<Child> = (1..world)
+        .map(|i| indexed_job_rank(i, world, port))
+        .collect();
     // Ranks 1 and 2 find nothing listening and must retry.
     std::thread::sleep(Duration::from_millis(1500));
     let root = indexed_job_rank(0, world, port);
-    let expected: String = (0..128u32).map(|i| format!("{:02x}", (i * 7 + 3) as u8)).collect();
+    let expected: String = (0..128u32)
+        .map(|i| format!("{:02x}", (i * 7 + 3) as u8))
+        .collect();
     for (rank, child) in std::iter::once(root).chain(others).enumerate() {
         let run = finish(child, Duration::from_secs(60), None);
         assert!(run.status.success(), "a rank failed:\n{}", run.output);
-        assert!(run.output.contains(&format!("/{world} id {expected}\n")), "wrong id:\n{}", run.output);
-        assert!(run.output.contains("OK rank"), "rank {rank}:\n{}", run.output);
+        assert!(
+            run.output.contains(&format!("/{world} id {expected}\n")),
+            "wrong id:\n{}",
+            run.output
+        );
+        assert!(
+            run.output.contains("OK rank"),
+            "rank {rank}:\n{}",
+            run.output
+        );
     }
 }
 
@@ -237,23 +361,41 @@ fn tcp_rendezvous_refuses_a_rank_started_with_another_world_size() {
     let port = free_port();
     let master = ("127.0.0.1".to_string(), port);
     let m = master.clone();
-    let root = std::thread::spawn(move || wave_comm::rendezvous::exchange(&m, 0, 2, b"id", Duration::from_secs(20)));
+    let root = std::thread::spawn(move || {
+        wave_comm::rendezvous::exchange(&m, 0, 2, b"id", Duration::from_secs(20))
+    });
     let other = wave_comm::rendezvous::exchange(&master, 1, 3, &[], Duration::from_secs(20));
     let root = root.join().expect("rank 0 thread");
     let other = other.expect_err("rank 1 must be refused").to_string();
     let root = root.expect_err("rank 0 must fail").to_string();
-    assert!(other.contains("rank 1") && other.contains("world size 3"), "{other}");
-    assert!(root.contains("rank 0") && root.contains("world size 3"), "{root}");
+    assert!(
+        other.contains("rank 1") && other.contains("world size 3"),
+        "{other}"
+    );
+    assert!(
+        root.contains("rank 0") && root.contains("world size 3"),
+        "{root}"
+    );
 }
 
 #[test]
 fn tcp_rendezvous_gives_up_at_the_deadline_naming_the_unreachable_rank0() {
     let master = ("127.0.0.1".to_string(), free_port());
     let started = Instant::now();
-    let err = wave_comm::rendezvous::exchange(&master, 2, 4, &[], Duration::from_millis(1500)).expect_err("nobody listens");
+    let err = wave_comm::rendezvous::exchange(&master, 2, 4, &[], Duration::from_millis(1500))
+        .expect_err("nobody listens");
     let msg = err.to_string();
-    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
-    assert!(msg.contains("rank 2") && msg.contains(&format!("127.0.0.1:{}", master.1)) && msg.contains("gave up"), "{msg}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        msg.contains("rank 2")
+            && msg.contains(&format!("127.0.0.1:{}", master.1))
+            && msg.contains("gave up"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -261,8 +403,15 @@ fn tcp_rendezvous_keeps_retrying_while_rank0_s_name_does_not_resolve() {
     // `.invalid` never resolves (RFC 2606), like a headless Service before its pod is ready.
     let master = ("wave-comm-rank0.invalid".to_string(), 29500);
     let started = Instant::now();
-    let err = wave_comm::rendezvous::exchange(&master, 1, 2, &[], Duration::from_millis(1500)).expect_err("never resolves");
+    let err = wave_comm::rendezvous::exchange(&master, 1, 2, &[], Duration::from_millis(1500))
+        .expect_err("never resolves");
     let msg = err.to_string();
-    assert!(started.elapsed() >= Duration::from_millis(1500), "gave up early: {msg}");
-    assert!(msg.contains("cannot resolve wave-comm-rank0.invalid") && msg.contains("gave up"), "{msg}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "gave up early: {msg}"
+    );
+    assert!(
+        msg.contains("cannot resolve wave-comm-rank0.invalid") && msg.contains("gave up"),
+        "{msg}"
+    );
 }

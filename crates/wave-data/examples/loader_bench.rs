@@ -20,7 +20,9 @@ fn main() -> Result<()> {
     let mut split = "train".to_string();
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let v = args.next().with_context(|| format!("{flag} needs a value"))?;
+        let v = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--uri" => cfg.uri = v,
             "--tokenizer" => cfg.tokenizer = v,
@@ -36,8 +38,17 @@ fn main() -> Result<()> {
     cfg.train_split = split;
     cfg.validate()?;
     let ds = Dataset::open(&cfg.uri)?;
-    let enc = if cfg.tokenizer.is_empty() { None } else { Some(Arc::new(TextEncoder::load(&cfg.tokenizer)?)) };
-    let mut loader = Loader::new(&ds, enc, LoaderOptions::train(&cfg, 0, 0, 1), Cursor::start(0))?;
+    let enc = if cfg.tokenizer.is_empty() {
+        None
+    } else {
+        Some(Arc::new(TextEncoder::load(&cfg.tokenizer)?))
+    };
+    let mut loader = Loader::new(
+        &ds,
+        enc,
+        LoaderOptions::train(&cfg, 0, 0, 1),
+        Cursor::start(0),
+    )?;
     // Warm-up: the first batch includes opening shards and starting the prefetch thread.
     loader.next_batch()?;
     let start = Instant::now();

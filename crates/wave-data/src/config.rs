@@ -94,7 +94,10 @@ impl DataConfig {
         if self.uri.trim().is_empty() {
             return Err(Error::config("data.uri", "must not be empty"));
         }
-        for (field, v) in [("data.train_split", &self.train_split), ("data.eval_split", &self.eval_split)] {
+        for (field, v) in [
+            ("data.train_split", &self.train_split),
+            ("data.eval_split", &self.eval_split),
+        ] {
             if v.trim().is_empty() {
                 return Err(Error::config(field, "must not be empty"));
             }
@@ -110,7 +113,13 @@ impl DataConfig {
             }
         }
         if self.max_length < 2 {
-            return Err(Error::config("data.max_length", format!("must be >= 2 (room for [CLS] and [SEP]), got {}", self.max_length)));
+            return Err(Error::config(
+                "data.max_length",
+                format!(
+                    "must be >= 2 (room for [CLS] and [SEP]), got {}",
+                    self.max_length
+                ),
+            ));
         }
         Ok(())
     }
@@ -132,6 +141,9 @@ mod tests {
     fn validate_names_the_field() {
         let mut c = DataConfig::new("/d");
         c.batch_size = 0;
-        assert_eq!(c.validate().expect_err("invalid").to_string(), "data.batch_size must be > 0");
+        assert_eq!(
+            c.validate().expect_err("invalid").to_string(),
+            "data.batch_size must be > 0"
+        );
     }
 }

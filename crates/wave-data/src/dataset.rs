@@ -14,7 +14,9 @@ use parquet::arrow::ProjectionMask;
 use parquet::file::metadata::ParquetMetaData;
 
 use crate::error::{Error, Result};
-use crate::manifest::{sha256_hex, Manifest, Shard, IDS_COLUMN, LABEL_COLUMN, MANIFEST_FILE, TEXT_COLUMN};
+use crate::manifest::{
+    sha256_hex, Manifest, Shard, IDS_COLUMN, LABEL_COLUMN, MANIFEST_FILE, TEXT_COLUMN,
+};
 use crate::store::{block_on, Location, ObjectReader};
 
 /// An opened dataset: its manifest and the store it lives in. Cheap to clone.
@@ -89,7 +91,10 @@ impl RowGroupData {
 
 impl std::fmt::Debug for Dataset {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dataset").field("uri", &self.uri()).field("fingerprint", &self.fingerprint()).finish()
+        f.debug_struct("Dataset")
+            .field("uri", &self.uri())
+            .field("fingerprint", &self.fingerprint())
+            .finish()
     }
 }
 
@@ -99,7 +104,13 @@ impl Dataset {
         let loc = Location::parse(uri, false)?;
         let bytes = loc.get(MANIFEST_FILE)?;
         let manifest = Manifest::from_json(&bytes, &loc.uri_of(MANIFEST_FILE))?;
-        Ok(Dataset { inner: Arc::new(Inner { loc, manifest, footers: Mutex::new(HashMap::new()) }) })
+        Ok(Dataset {
+            inner: Arc::new(Inner {
+                loc,
+                manifest,
+                footers: Mutex::new(HashMap::new()),
+            }),
+        })
     }
 
     /// The manifest.
@@ -118,11 +129,15 @@ impl Dataset {
     }
 
     pub(crate) fn split(&self, split: &str) -> Result<&crate::manifest::Split> {
-        self.inner.manifest.splits.get(split).ok_or_else(|| Error::MissingSplit {
-            location: self.uri().to_string(),
-            split: split.to_string(),
-            available: self.inner.manifest.splits.keys().cloned().collect(),
-        })
+        self.inner
+            .manifest
+            .splits
+            .get(split)
+            .ok_or_else(|| Error::MissingSplit {
+                location: self.uri().to_string(),
+                split: split.to_string(),
+                available: self.inner.manifest.splits.keys().cloned().collect(),
+            })
     }
 
     /// Number of classes (label names), for labelled data.
@@ -141,7 +156,12 @@ impl Dataset {
         let mut first_row = 0;
         for (si, shard) in self.split(split)?.shards.iter().enumerate() {
             for (ri, &rows) in shard.row_groups.iter().enumerate() {
-                out.push(RowGroupRef { shard: si, row_group: ri, first_row, rows });
+                out.push(RowGroupRef {
+                    shard: si,
+                    row_group: ri,
+                    first_row,
+                    rows,
+                });
                 first_row += rows;
             }
         }
@@ -150,23 +170,51 @@ impl Dataset {
 
     /// Footer of a shard, read once and checked against the manifest (size, row groups, rows).
     async fn footer(&self, shard: &Shard) -> Result<Arc<ParquetMetaData>> {
-        if let Some(m) = self.inner.footers.lock().ok().and_then(|g| g.get(&shard.path).cloned()) {
+        if let Some(m) = self
+            .inner
+            .footers
+            .lock()
+            .ok()
+            .and_then(|g| g.get(&shard.path).cloned())
+        {
             return Ok(m);
         }
         let loc = &self.inner.loc;
         let uri = loc.uri_of(&shard.path);
         let path = loc.path(&shard.path);
-        let head = loc.store.head(&path).await.map_err(|e| Error::Store { uri: uri.clone(), source: e })?;
+        let head = loc.store.head(&path).await.map_err(|e| Error::Store {
+            uri: uri.clone(),
+            source: e,
+        })?;
         if head.size != shard.bytes {
-            return Err(Error::manifest(&uri, format!("shard is {} bytes but the manifest says {}", head.size, shard.bytes)));
+            return Err(Error::manifest(
+                &uri,
+                format!(
+                    "shard is {} bytes but the manifest says {}",
+                    head.size, shard.bytes
+                ),
+            ));
         }
         let mut reader = ObjectReader::new(loc.store.clone(), path, shard.bytes, None);
         let meta = parquet::arrow::async_reader::AsyncFileReader::get_metadata(&mut reader, None)
             .await
-            .map_err(|e| Error::Parquet { uri: uri.clone(), source: e })?;
-        let rgs: Vec<u64> = meta.row_groups().iter().map(|r| r.num_rows() as u64).collect();
+            .map_err(|e| Error::Parquet {
+                uri: uri.clone(),
+                source: e,
+            })?;
+        let rgs: Vec<u64> = meta
+            .row_groups()
+            .iter()
+            .map(|r| r.num_rows() as u64)
+            .collect();
         if rgs != shard.row_groups {
-            return Err(Error::manifest(&uri, format!("shard row groups {rgs:?} differ from the manifest's {:?}", shard.row_groups)));
+            return Err(Error::manifest(
+                &uri,
+                format!(
+                    "shard row groups {rgs:?} differ from the manifest's {:?}",
+                    shard.row_groups
+                ),
+            ));
         }
         if let Ok(mut g) = self.inner.footers.lock() {
             g.insert(shard.path.clone(), Arc::clone(&meta));
@@ -175,31 +223,60 @@ impl Dataset {
     }
 
     /// Read one row group of a split with column projection (blocking).
-    pub fn read_row_group(&self, split: &str, rg: RowGroupRef, cols: Columns) -> Result<RowGroupData> {
+    pub fn read_row_group(
+        &self,
+        split: &str,
+        rg: RowGroupRef,
+        cols: Columns,
+    ) -> Result<RowGroupData> {
         block_on(self.read_row_group_async(split, rg, cols))?
     }
 
     /// Read several row groups concurrently (blocking).
-    pub fn read_row_groups(&self, split: &str, rgs: &[RowGroupRef], cols: Columns) -> Result<Vec<RowGroupData>> {
+    pub fn read_row_groups(
+        &self,
+        split: &str,
+        rgs: &[RowGroupRef],
+        cols: Columns,
+    ) -> Result<Vec<RowGroupData>> {
         block_on(async {
-            futures::stream::iter(rgs.iter().map(|rg| self.read_row_group_async(split, *rg, cols)))
-                .buffered(4)
-                .try_collect::<Vec<_>>()
-                .await
+            futures::stream::iter(
+                rgs.iter()
+                    .map(|rg| self.read_row_group_async(split, *rg, cols)),
+            )
+            .buffered(4)
+            .try_collect::<Vec<_>>()
+            .await
         })?
     }
 
-    async fn read_row_group_async(&self, split: &str, rg: RowGroupRef, cols: Columns) -> Result<RowGroupData> {
-        let shard = self
-            .split(split)?
-            .shards
-            .get(rg.shard)
-            .ok_or_else(|| Error::manifest(self.uri(), format!("split {split:?} has no shard {}", rg.shard)))?;
+    async fn read_row_group_async(
+        &self,
+        split: &str,
+        rg: RowGroupRef,
+        cols: Columns,
+    ) -> Result<RowGroupData> {
+        let shard = self.split(split)?.shards.get(rg.shard).ok_or_else(|| {
+            Error::manifest(
+                self.uri(),
+                format!("split {split:?} has no shard {}", rg.shard),
+            )
+        })?;
         let uri = self.inner.loc.uri_of(&shard.path);
         let meta = self.footer(shard).await?;
-        let reader = ObjectReader::new(self.inner.loc.store.clone(), self.inner.loc.path(&shard.path), shard.bytes, Some(meta));
-        let pq = |e| Error::Parquet { uri: uri.clone(), source: e };
-        let builder = ParquetRecordBatchStreamBuilder::new(reader).await.map_err(pq)?;
+        let reader = ObjectReader::new(
+            self.inner.loc.store.clone(),
+            self.inner.loc.path(&shard.path),
+            shard.bytes,
+            Some(meta),
+        );
+        let pq = |e| Error::Parquet {
+            uri: uri.clone(),
+            source: e,
+        };
+        let builder = ParquetRecordBatchStreamBuilder::new(reader)
+            .await
+            .map_err(pq)?;
         let schema = builder.schema().clone();
         let mut roots = Vec::new();
         for (want, name, ty) in [
@@ -210,16 +287,24 @@ impl Dataset {
             if !want {
                 continue;
             }
-            let (idx, field) = schema
-                .column_with_name(name)
-                .ok_or_else(|| Error::Schema { uri: uri.clone(), column: name.into(), msg: "is missing from the shard".into() })?;
+            let (idx, field) = schema.column_with_name(name).ok_or_else(|| Error::Schema {
+                uri: uri.clone(),
+                column: name.into(),
+                msg: "is missing from the shard".into(),
+            })?;
             let ok = match ty {
                 "utf8" => field.data_type() == &DataType::Utf8,
                 "int64" => field.data_type() == &DataType::Int64,
-                _ => matches!(field.data_type(), DataType::List(f) if f.data_type() == &DataType::Int32),
+                _ => {
+                    matches!(field.data_type(), DataType::List(f) if f.data_type() == &DataType::Int32)
+                }
             };
             if !ok {
-                return Err(Error::Schema { uri: uri.clone(), column: name.into(), msg: format!("has type {}, expected {ty}", field.data_type()) });
+                return Err(Error::Schema {
+                    uri: uri.clone(),
+                    column: name.into(),
+                    msg: format!("has type {}, expected {ty}", field.data_type()),
+                });
             }
             roots.push(idx);
         }
@@ -235,20 +320,49 @@ impl Dataset {
             1 => batches.into_iter().next(),
             _ => None,
         };
-        let batch = batch.ok_or_else(|| Error::manifest(&uri, format!("row group {} decoded to an unexpected number of batches", rg.row_group)))?;
+        let batch = batch.ok_or_else(|| {
+            Error::manifest(
+                &uri,
+                format!(
+                    "row group {} decoded to an unexpected number of batches",
+                    rg.row_group
+                ),
+            )
+        })?;
         if batch.num_rows() as u64 != rg.rows {
-            return Err(Error::manifest(&uri, format!("row group {} holds {} rows, manifest says {}", rg.row_group, batch.num_rows(), rg.rows)));
+            return Err(Error::manifest(
+                &uri,
+                format!(
+                    "row group {} holds {} rows, manifest says {}",
+                    rg.row_group,
+                    batch.num_rows(),
+                    rg.rows
+                ),
+            ));
         }
         let col = |name: &str| batch.column_by_name(name).cloned();
         let text = col(TEXT_COLUMN).and_then(|a| a.as_string_opt::<i32>().cloned());
         let label = col(LABEL_COLUMN).and_then(|a| a.as_primitive_opt::<Int64Type>().cloned());
         let ids = col(IDS_COLUMN).and_then(|a| a.as_list_opt::<i32>().cloned());
-        for (name, present) in [(LABEL_COLUMN, label.as_ref().map(|a| a.null_count())), (TEXT_COLUMN, text.as_ref().map(|a| a.null_count()))] {
+        for (name, present) in [
+            (LABEL_COLUMN, label.as_ref().map(|a| a.null_count())),
+            (TEXT_COLUMN, text.as_ref().map(|a| a.null_count())),
+        ] {
             if present.unwrap_or(0) > 0 {
-                return Err(Error::Schema { uri: uri.clone(), column: name.into(), msg: "contains nulls".into() });
+                return Err(Error::Schema {
+                    uri: uri.clone(),
+                    column: name.into(),
+                    msg: "contains nulls".into(),
+                });
             }
         }
-        Ok(RowGroupData { shard_uri: uri, first_row: rg.first_row, text, label, ids })
+        Ok(RowGroupData {
+            shard_uri: uri,
+            first_row: rg.first_row,
+            text,
+            label,
+            ids,
+        })
     }
 
     /// Recompute every shard's SHA-256 and compare with the manifest. Returns the checked shard
@@ -261,7 +375,11 @@ impl Dataset {
                 let bytes = self.inner.loc.get(&shard.path)?;
                 let actual = sha256_hex(&bytes);
                 if actual != shard.sha256 {
-                    return Err(Error::Checksum { uri, expected: format!("sha256:{}", shard.sha256), actual: format!("sha256:{actual}") });
+                    return Err(Error::Checksum {
+                        uri,
+                        expected: format!("sha256:{}", shard.sha256),
+                        actual: format!("sha256:{actual}"),
+                    });
                 }
                 done.push(uri);
             }

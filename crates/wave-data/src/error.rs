@@ -164,18 +164,38 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn config(field: &str, msg: impl Into<String>) -> Self {
-        Error::Config { field: field.to_string(), msg: msg.into() }
+        Error::Config {
+            field: field.to_string(),
+            msg: msg.into(),
+        }
     }
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
-    pub(crate) fn bad_input(source_name: impl Into<String>, row: Option<u64>, msg: impl Into<String>) -> Self {
-        Error::BadInput { source_name: source_name.into(), row, msg: msg.into() }
+    pub(crate) fn bad_input(
+        source_name: impl Into<String>,
+        row: Option<u64>,
+        msg: impl Into<String>,
+    ) -> Self {
+        Error::BadInput {
+            source_name: source_name.into(),
+            row,
+            msg: msg.into(),
+        }
     }
     pub(crate) fn manifest(uri: impl Into<String>, msg: impl Into<String>) -> Self {
-        Error::Manifest { uri: uri.into(), msg: msg.into() }
+        Error::Manifest {
+            uri: uri.into(),
+            msg: msg.into(),
+        }
     }
     pub(crate) fn tokenizer(spec: impl Into<String>, msg: impl std::fmt::Display) -> Self {
-        Error::Tokenizer { spec: spec.into(), msg: msg.to_string() }
+        Error::Tokenizer {
+            spec: spec.into(),
+            msg: msg.to_string(),
+        }
     }
 }

@@ -28,7 +28,14 @@ pub struct InspectOptions {
 impl InspectOptions {
     /// Defaults: 3 samples, 5000 histogram rows, no verification.
     pub fn new(uri: impl Into<String>) -> Self {
-        InspectOptions { uri: uri.into(), split: None, samples: 3, tokenizer: None, histogram_rows: 5000, verify: false }
+        InspectOptions {
+            uri: uri.into(),
+            split: None,
+            samples: 3,
+            tokenizer: None,
+            histogram_rows: 5000,
+            verify: false,
+        }
     }
 }
 
@@ -38,14 +45,26 @@ pub fn inspect(opts: &InspectOptions) -> Result<String> {
     let m = ds.manifest();
     let mut out = String::new();
     let _ = writeln!(out, "dataset {} at {}", m.name, ds.uri());
-    let _ = writeln!(out, "format {} v{}, fingerprint {}", m.format, m.format_version, m.fingerprint);
-    let cols: Vec<String> = m.schema.iter().map(|c| format!("{}: {:?}", c.name, c.ty)).collect();
+    let _ = writeln!(
+        out,
+        "format {} v{}, fingerprint {}",
+        m.format, m.format_version, m.fingerprint
+    );
+    let cols: Vec<String> = m
+        .schema
+        .iter()
+        .map(|c| format!("{}: {:?}", c.name, c.ty))
+        .collect();
     let _ = writeln!(out, "schema: {}", cols.join(", "));
     if let Some(names) = &m.label_names {
         let _ = writeln!(out, "labels ({}): {}", names.len(), names.join(", "));
     }
     if let Some(t) = &m.tokenizer {
-        let _ = writeln!(out, "pre-tokenized: {} (vocab {})", t.fingerprint, t.vocab_size);
+        let _ = writeln!(
+            out,
+            "pre-tokenized: {} (vocab {})",
+            t.fingerprint, t.vocab_size
+        );
     }
     if let Some(p) = m.pack_length {
         let _ = writeln!(out, "packed into rows of {p} tokens");
@@ -53,7 +72,12 @@ pub fn inspect(opts: &InspectOptions) -> Result<String> {
     for (name, s) in &m.splits {
         let bytes: u64 = s.shards.iter().map(|x| x.bytes).sum();
         let rgs: usize = s.shards.iter().map(|x| x.row_groups.len()).sum();
-        let _ = write!(out, "split {name}: {} rows, {} shards, {rgs} row groups, {bytes} bytes", s.rows, s.shards.len());
+        let _ = write!(
+            out,
+            "split {name}: {} rows, {} shards, {rgs} row groups, {bytes} bytes",
+            s.rows,
+            s.shards.len()
+        );
         if let Some(c) = &s.label_counts {
             let _ = write!(out, ", per label {c:?}");
         }
@@ -63,7 +87,11 @@ pub fn inspect(opts: &InspectOptions) -> Result<String> {
         out.push('\n');
     }
     for src in &m.sources {
-        let _ = writeln!(out, "source {} ({} bytes, sha256 {})", src.name, src.bytes, src.sha256);
+        let _ = writeln!(
+            out,
+            "source {} ({} bytes, sha256 {})",
+            src.name, src.bytes, src.sha256
+        );
     }
 
     let split = match &opts.split {
@@ -72,12 +100,22 @@ pub fn inspect(opts: &InspectOptions) -> Result<String> {
         None => m.splits.keys().next().cloned().unwrap_or_default(),
     };
     let rgs = ds.row_groups(&split)?;
-    let cols = Columns { text: m.has_column(TEXT_COLUMN), label: m.has_column(LABEL_COLUMN), ids: m.has_column(IDS_COLUMN) };
-    let enc = opts.tokenizer.as_deref().map(TextEncoder::load).transpose()?;
+    let cols = Columns {
+        text: m.has_column(TEXT_COLUMN),
+        label: m.has_column(LABEL_COLUMN),
+        ids: m.has_column(IDS_COLUMN),
+    };
+    let enc = opts
+        .tokenizer
+        .as_deref()
+        .map(TextEncoder::load)
+        .transpose()?;
     let mut lengths = Vec::new();
     let mut shown = 0;
     for rg in rgs {
-        if shown >= opts.samples && (lengths.len() >= opts.histogram_rows || (enc.is_none() && !cols.ids)) {
+        if shown >= opts.samples
+            && (lengths.len() >= opts.histogram_rows || (enc.is_none() && !cols.ids))
+        {
             break;
         }
         let d = ds.read_row_group(&split, rg, cols)?;
@@ -86,13 +124,25 @@ pub fn inspect(opts: &InspectOptions) -> Result<String> {
             if shown < opts.samples {
                 shown += 1;
                 let label = d.label.as_ref().map(|l| l.value(i));
-                let label = label.map(|l| m.label_names.as_ref().and_then(|n| n.get(l as usize)).map_or(l.to_string(), |n| format!("{l} ({n})")));
+                let label = label.map(|l| {
+                    m.label_names
+                        .as_ref()
+                        .and_then(|n| n.get(l as usize))
+                        .map_or(l.to_string(), |n| format!("{l} ({n})"))
+                });
                 let body = match (&d.text, d.ids_of(i)) {
-                    (Some(t), _) => format!("{:?}", t.value(i).chars().take(200).collect::<String>()),
+                    (Some(t), _) => {
+                        format!("{:?}", t.value(i).chars().take(200).collect::<String>())
+                    }
                     (None, Some(ids)) => format!("ids {:?}…", &ids[..ids.len().min(16)]),
                     _ => String::new(),
                 };
-                let _ = writeln!(out, "[{split} row {}] label {}: {body}", d.first_row + i as u64, label.unwrap_or_else(|| "-".into()));
+                let _ = writeln!(
+                    out,
+                    "[{split} row {}] label {}: {body}",
+                    d.first_row + i as u64,
+                    label.unwrap_or_else(|| "-".into())
+                );
             }
             if lengths.len() + texts.len() < opts.histogram_rows {
                 match (d.ids_of(i), &d.text, &enc) {
@@ -111,7 +161,11 @@ pub fn inspect(opts: &InspectOptions) -> Result<String> {
     }
     if opts.verify {
         let checked = ds.verify()?;
-        let _ = writeln!(out, "verified sha256 of {} shards: all match the manifest", checked.len());
+        let _ = writeln!(
+            out,
+            "verified sha256 of {} shards: all match the manifest",
+            checked.len()
+        );
     }
     Ok(out)
 }

@@ -16,7 +16,10 @@ use crate::config::DataConfig;
 use crate::dataset::{Columns, Dataset, RowGroupData, RowGroupRef};
 use crate::error::{Error, Result};
 use crate::manifest::{IDS_COLUMN, LABEL_COLUMN, TEXT_COLUMN};
-use crate::order::{batches_per_epoch, batches_per_epoch_padded, bucket_by_length, rank_slice, window_permutation, EpochPlan};
+use crate::order::{
+    batches_per_epoch, batches_per_epoch_padded, bucket_by_length, rank_slice, window_permutation,
+    EpochPlan,
+};
 use crate::tokenize::{encode_pool, TextEncoder};
 
 /// Label value meaning "no label" (padding rows, unlabelled data), as in PyTorch's `ignore_index`.
@@ -93,12 +96,21 @@ impl LoaderOptions {
             return Err(Error::config("data.batch_size", "must be > 0"));
         }
         if self.world_size == 0 || self.rank >= self.world_size {
-            return Err(Error::config("world_size", format!("rank {} is not in a world of {}", self.rank, self.world_size)));
+            return Err(Error::config(
+                "world_size",
+                format!(
+                    "rank {} is not in a world of {}",
+                    self.rank, self.world_size
+                ),
+            ));
         }
         if !self.global_batch.is_multiple_of(self.world_size) {
             return Err(Error::config(
                 "data.batch_size",
-                format!("(global batch {}) must be divisible by the world size {}", self.global_batch, self.world_size),
+                format!(
+                    "(global batch {}) must be divisible by the world size {}",
+                    self.global_batch, self.world_size
+                ),
             ));
         }
         if self.max_length == 0 {
@@ -155,7 +167,14 @@ pub struct Cursor {
 impl Cursor {
     /// The start of epoch 0.
     pub fn start(seed: u64) -> Cursor {
-        Cursor { version: CURSOR_VERSION, seed, epoch: 0, samples_in_epoch: 0, world_size: 0, global_batch: 0 }
+        Cursor {
+            version: CURSOR_VERSION,
+            seed,
+            epoch: 0,
+            samples_in_epoch: 0,
+            world_size: 0,
+            global_batch: 0,
+        }
     }
 }
 
@@ -180,7 +199,12 @@ impl Loader {
     /// Start streaming `opts.split` of `ds` from `cursor`. `enc` tokenizes the text column; without
     /// it the dataset must be pre-tokenized. A pre-tokenized dataset is used as is when `enc` has the
     /// same fingerprint; otherwise its text is re-tokenized with `enc`.
-    pub fn new(ds: &Dataset, enc: Option<Arc<TextEncoder>>, opts: LoaderOptions, cursor: Cursor) -> Result<Loader> {
+    pub fn new(
+        ds: &Dataset,
+        enc: Option<Arc<TextEncoder>>,
+        opts: LoaderOptions,
+        cursor: Cursor,
+    ) -> Result<Loader> {
         opts.validate()?;
         let rows = ds.split_rows(&opts.split)?;
         let m = ds.manifest();
@@ -188,7 +212,8 @@ impl Loader {
             (Some(e), Some(t)) => e.fingerprint() == t.fingerprint,
             _ => false,
         };
-        let use_ids = m.has_column(IDS_COLUMN) && (enc.is_none() || same_tok || !m.has_column(TEXT_COLUMN));
+        let use_ids =
+            m.has_column(IDS_COLUMN) && (enc.is_none() || same_tok || !m.has_column(TEXT_COLUMN));
         let (pad_id, enc) = if use_ids {
             if let (Some(e), Some(t), false) = (&enc, &m.tokenizer, same_tok) {
                 return Err(Error::tokenizer(
@@ -203,19 +228,38 @@ impl Loader {
             (m.tokenizer.as_ref().map_or(0, |t| t.pad_id), None)
         } else {
             let e = enc.ok_or_else(|| {
-                Error::config("data.tokenizer", format!("is empty but dataset {} has no pre-tokenized input_ids", ds.uri()))
+                Error::config(
+                    "data.tokenizer",
+                    format!(
+                        "is empty but dataset {} has no pre-tokenized input_ids",
+                        ds.uri()
+                    ),
+                )
             })?;
             (e.pad_id(), Some(e.truncating(opts.max_length)?))
         };
         if cursor.version != CURSOR_VERSION {
-            return Err(Error::Cursor { msg: format!("version {} is not supported (expected {CURSOR_VERSION})", cursor.version) });
+            return Err(Error::Cursor {
+                msg: format!(
+                    "version {} is not supported (expected {CURSOR_VERSION})",
+                    cursor.version
+                ),
+            });
         }
         if cursor.seed != opts.seed {
-            return Err(Error::Cursor { msg: format!("written with seed {} but the loader uses seed {}", cursor.seed, opts.seed) });
+            return Err(Error::Cursor {
+                msg: format!(
+                    "written with seed {} but the loader uses seed {}",
+                    cursor.seed, opts.seed
+                ),
+            });
         }
         if cursor.samples_in_epoch > rows {
             return Err(Error::Cursor {
-                msg: format!("is at sample {} of an epoch, but split {:?} has only {rows} rows", cursor.samples_in_epoch, opts.split),
+                msg: format!(
+                    "is at sample {} of an epoch, but split {:?} has only {rows} rows",
+                    cursor.samples_in_epoch, opts.split
+                ),
             });
         }
         let per_epoch = if opts.pad_remainder {
@@ -226,7 +270,10 @@ impl Loader {
         if per_epoch == 0 {
             return Err(Error::config(
                 "data.batch_size",
-                format!("split {:?} has {rows} rows: not enough for one batch across {} ranks", opts.split, opts.world_size),
+                format!(
+                    "split {:?} has {rows} rows: not enough for one batch across {} ranks",
+                    opts.split, opts.world_size
+                ),
             ));
         }
         let num_classes = ds.num_classes();
@@ -234,7 +281,11 @@ impl Loader {
         let producer = Producer {
             ds: ds.clone(),
             rgs: ds.row_groups(&opts.split)?,
-            cols: Columns { text: !use_ids, label: has_label, ids: use_ids },
+            cols: Columns {
+                text: !use_ids,
+                label: has_label,
+                ids: use_ids,
+            },
             rows,
             num_classes,
             pad_id: i64::from(pad_id),
@@ -254,7 +305,14 @@ impl Loader {
         let mut cursor = cursor;
         cursor.world_size = opts.world_size;
         cursor.global_batch = opts.global_batch;
-        Ok(Loader { rx: Some(rx), handle: Some(handle), cursor, finished: false, batches_per_epoch: per_epoch, split: opts.split })
+        Ok(Loader {
+            rx: Some(rx),
+            handle: Some(handle),
+            cursor,
+            finished: false,
+            batches_per_epoch: per_epoch,
+            split: opts.split,
+        })
     }
 
     /// The next batch; `None` once `epochs` are exhausted. Errors from the background thread
@@ -279,7 +337,9 @@ impl Loader {
             }
             Some(Err(_)) | None => {
                 self.finished = true;
-                Err(Error::LoaderStopped { split: self.split.clone() })
+                Err(Error::LoaderStopped {
+                    split: self.split.clone(),
+                })
             }
         }
     }
@@ -358,8 +418,14 @@ impl Producer {
                 return Ok(None);
             }
             let o = &self.opts;
-            let Some(slice) = rank_slice(self.rows, cursor.samples_in_epoch, o.global_batch, o.rank, o.world_size, o.pad_remainder)
-            else {
+            let Some(slice) = rank_slice(
+                self.rows,
+                cursor.samples_in_epoch,
+                o.global_batch,
+                o.rank,
+                o.world_size,
+                o.pad_remainder,
+            ) else {
                 cursor.epoch += 1;
                 cursor.samples_in_epoch = 0;
                 continue;
@@ -380,14 +446,22 @@ impl Producer {
     fn ensure_plan(&mut self, epoch: u64) {
         if self.plan.as_ref().is_none_or(|p| p.epoch != epoch) {
             let rg_rows: Vec<u64> = self.rgs.iter().map(|r| r.rows).collect();
-            self.plan = Some(EpochPlan::new(&rg_rows, self.opts.seed, epoch, self.opts.shuffle, self.opts.shuffle_window));
+            self.plan = Some(EpochPlan::new(
+                &rg_rows,
+                self.opts.seed,
+                epoch,
+                self.opts.shuffle,
+                self.opts.shuffle_window,
+            ));
             self.windows.clear();
         }
     }
 
     /// Make sure window `w` has its permutation and, for the given window-local row groups, data.
     fn load_window(&mut self, w: usize, needed: &[usize]) -> Result<()> {
-        let Some(plan) = self.plan.as_ref() else { return Ok(()) };
+        let Some(plan) = self.plan.as_ref() else {
+            return Ok(());
+        };
         let window = plan.windows[w].clone();
         if !self.windows.contains_key(&w) {
             let mut starts = Vec::with_capacity(window.row_groups.len());
@@ -396,22 +470,51 @@ impl Producer {
                 starts.push(acc);
                 acc += self.rgs[g].rows;
             }
-            let mut state = WindowState { perm: window_permutation(plan, w), starts, data: vec![None; window.row_groups.len()] };
+            let mut state = WindowState {
+                perm: window_permutation(plan, w),
+                starts,
+                data: vec![None; window.row_groups.len()],
+            };
             if self.opts.bucket_by_length {
-                let refs: Vec<RowGroupRef> = window.row_groups.iter().map(|&g| self.rgs[g]).collect();
-                let data = self.ds.read_row_groups(&self.opts.split, &refs, self.cols)?;
-                let lengths: Vec<usize> =
-                    data.iter().zip(&refs).flat_map(|(d, r)| (0..r.rows as usize).map(move |i| d.length_of(i))).collect();
-                bucket_by_length(&mut state.perm, &lengths, window.start, self.opts.global_batch, plan.seed, plan.epoch, w);
+                let refs: Vec<RowGroupRef> =
+                    window.row_groups.iter().map(|&g| self.rgs[g]).collect();
+                let data = self
+                    .ds
+                    .read_row_groups(&self.opts.split, &refs, self.cols)?;
+                let lengths: Vec<usize> = data
+                    .iter()
+                    .zip(&refs)
+                    .flat_map(|(d, r)| (0..r.rows as usize).map(move |i| d.length_of(i)))
+                    .collect();
+                bucket_by_length(
+                    &mut state.perm,
+                    &lengths,
+                    window.start,
+                    self.opts.global_batch,
+                    plan.seed,
+                    plan.epoch,
+                    w,
+                );
                 state.data = data.into_iter().map(Some).collect();
             }
             self.windows.insert(w, state);
         }
-        let Some(state) = self.windows.get_mut(&w) else { return Ok(()) };
-        let missing: Vec<usize> = needed.iter().copied().filter(|&k| state.data[k].is_none()).collect();
+        let Some(state) = self.windows.get_mut(&w) else {
+            return Ok(());
+        };
+        let missing: Vec<usize> = needed
+            .iter()
+            .copied()
+            .filter(|&k| state.data[k].is_none())
+            .collect();
         if !missing.is_empty() {
-            let refs: Vec<RowGroupRef> = missing.iter().map(|&k| self.rgs[window.row_groups[k]]).collect();
-            let data = self.ds.read_row_groups(&self.opts.split, &refs, self.cols)?;
+            let refs: Vec<RowGroupRef> = missing
+                .iter()
+                .map(|&k| self.rgs[window.row_groups[k]])
+                .collect();
+            let data = self
+                .ds
+                .read_row_groups(&self.opts.split, &refs, self.cols)?;
             for (k, d) in missing.into_iter().zip(data) {
                 state.data[k] = Some(d);
             }
@@ -420,7 +523,12 @@ impl Producer {
     }
 
     /// Build this rank's batch from epoch positions `positions` plus `pad_rows` padding rows.
-    fn build(&mut self, epoch: u64, positions: std::ops::Range<u64>, pad_rows: usize) -> Result<Batch> {
+    fn build(
+        &mut self,
+        epoch: u64,
+        positions: std::ops::Range<u64>,
+        pad_rows: usize,
+    ) -> Result<Batch> {
         // (window, window-local row group, offset in it) for every position.
         let mut locs = Vec::with_capacity((positions.end - positions.start) as usize);
         let mut by_window: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
@@ -431,7 +539,11 @@ impl Producer {
                     let w = plan.window_of(p);
                     (w, p - plan.windows[w].start)
                 }
-                None => return Err(Error::LoaderStopped { split: self.opts.split.clone() }),
+                None => {
+                    return Err(Error::LoaderStopped {
+                        split: self.opts.split.clone(),
+                    })
+                }
             };
             if !self.windows.contains_key(&w) {
                 self.load_window(w, &[])?;
@@ -453,22 +565,33 @@ impl Producer {
         let mut texts: Vec<&str> = Vec::new();
         let mut rows: Vec<Row> = Vec::with_capacity(locs.len() + pad_rows);
         for &(w, k, off) in &locs {
-            let d = self.windows[&w].data[k].as_ref().ok_or_else(|| Error::LoaderStopped { split: self.opts.split.clone() })?;
+            let d = self.windows[&w].data[k]
+                .as_ref()
+                .ok_or_else(|| Error::LoaderStopped {
+                    split: self.opts.split.clone(),
+                })?;
             let position = d.first_row + off as u64;
             let label = match &d.label {
                 Some(l) => {
                     let v = l.value(off);
                     if let Some(n) = self.num_classes.filter(|&n| v < 0 || v as usize >= n) {
-                        return Err(Error::LabelOutOfRange { uri: d.shard_uri.clone(), row: position, label: v, num_classes: n });
+                        return Err(Error::LabelOutOfRange {
+                            uri: d.shard_uri.clone(),
+                            row: position,
+                            label: v,
+                            num_classes: n,
+                        });
                     }
                     v
                 }
                 None => IGNORE_LABEL,
             };
             let ids = match (&d.ids, &d.text) {
-                (Some(_), _) => {
-                    truncate_ids(d.ids_of(off).unwrap_or(&[]), self.opts.max_length, self.keep_last)
-                }
+                (Some(_), _) => truncate_ids(
+                    d.ids_of(off).unwrap_or(&[]),
+                    self.opts.max_length,
+                    self.keep_last,
+                ),
                 (None, Some(t)) => {
                     let s = t.value(off);
                     if s.is_empty() {
@@ -479,7 +602,11 @@ impl Producer {
                 }
                 (None, None) => Vec::new(),
             };
-            rows.push(Row { ids, label, position });
+            rows.push(Row {
+                ids,
+                label,
+                position,
+            });
         }
         if let Some(enc) = &self.enc {
             let encoded = enc.encode_batch(&texts, true, self.pool.as_ref())?;
@@ -488,7 +615,11 @@ impl Producer {
             }
         }
         for _ in 0..pad_rows {
-            rows.push(Row { ids: Vec::new(), label: IGNORE_LABEL, position: u64::MAX });
+            rows.push(Row {
+                ids: Vec::new(),
+                label: IGNORE_LABEL,
+                position: u64::MAX,
+            });
         }
         Ok(pad_batch(rows, self.pad_id, epoch))
     }
@@ -511,7 +642,10 @@ fn prefix_for(s: &str, max_length: usize) -> &str {
 /// Truncate pre-tokenized ids to `max` tokens; with `keep_last` the final special token survives,
 /// matching what the tokenizer's own truncation does for `[CLS] text [SEP]`.
 fn truncate_ids(ids: &[i32], max: usize, keep_last: bool) -> Vec<i64> {
-    let mut out: Vec<i64> = ids[..ids.len().min(max)].iter().map(|&x| i64::from(x)).collect();
+    let mut out: Vec<i64> = ids[..ids.len().min(max)]
+        .iter()
+        .map(|&x| i64::from(x))
+        .collect();
     if keep_last && ids.len() > max && max > 0 {
         out[max - 1] = i64::from(ids[ids.len() - 1]);
     }

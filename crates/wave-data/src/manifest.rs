@@ -183,14 +183,16 @@ impl Manifest {
 
     /// Parse and check a manifest (`uri` names it in errors).
     pub fn from_json(bytes: &[u8], uri: &str) -> Result<Manifest> {
-        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| Error::manifest(uri, format!("not a valid manifest: {e}")))?;
+        let m: Manifest = serde_json::from_slice(bytes)
+            .map_err(|e| Error::manifest(uri, format!("not a valid manifest: {e}")))?;
         m.check(uri)?;
         Ok(m)
     }
 
     /// Serialize deterministically (pretty JSON, fixed field order, trailing newline).
     pub fn to_json(&self) -> Result<Vec<u8>> {
-        let mut v = serde_json::to_vec_pretty(self).map_err(|e| Error::manifest(&self.name, e.to_string()))?;
+        let mut v = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::manifest(&self.name, e.to_string()))?;
         v.push(b'\n');
         Ok(v)
     }
@@ -198,43 +200,82 @@ impl Manifest {
     /// Internal consistency: version, column types, shard row counts, label counts, fingerprint.
     pub fn check(&self, uri: &str) -> Result<()> {
         if self.format != "wave-data" {
-            return Err(Error::manifest(uri, format!("format is {:?}, expected \"wave-data\"", self.format)));
+            return Err(Error::manifest(
+                uri,
+                format!("format is {:?}, expected \"wave-data\"", self.format),
+            ));
         }
         if self.format_version != FORMAT_VERSION {
             return Err(Error::manifest(
                 uri,
-                format!("format_version {} is not supported (this build reads {FORMAT_VERSION})", self.format_version),
+                format!(
+                    "format_version {} is not supported (this build reads {FORMAT_VERSION})",
+                    self.format_version
+                ),
             ));
         }
-        let expect = [(TEXT_COLUMN, ColumnType::Utf8), (LABEL_COLUMN, ColumnType::Int64), (IDS_COLUMN, ColumnType::ListInt32)];
+        let expect = [
+            (TEXT_COLUMN, ColumnType::Utf8),
+            (LABEL_COLUMN, ColumnType::Int64),
+            (IDS_COLUMN, ColumnType::ListInt32),
+        ];
         for c in &self.schema {
             match expect.iter().find(|(n, _)| *n == c.name) {
                 Some((_, ty)) if *ty == c.ty => {}
                 Some((_, ty)) => {
-                    return Err(Error::Schema { uri: uri.into(), column: c.name.clone(), msg: format!("has type {:?}, expected {ty:?}", c.ty) })
+                    return Err(Error::Schema {
+                        uri: uri.into(),
+                        column: c.name.clone(),
+                        msg: format!("has type {:?}, expected {ty:?}", c.ty),
+                    })
                 }
-                None => return Err(Error::Schema { uri: uri.into(), column: c.name.clone(), msg: "is not a known column".into() }),
+                None => {
+                    return Err(Error::Schema {
+                        uri: uri.into(),
+                        column: c.name.clone(),
+                        msg: "is not a known column".into(),
+                    })
+                }
             }
         }
         if !self.has_column(TEXT_COLUMN) && !self.has_column(IDS_COLUMN) {
-            return Err(Error::Schema { uri: uri.into(), column: TEXT_COLUMN.into(), msg: "missing (and no input_ids either)".into() });
+            return Err(Error::Schema {
+                uri: uri.into(),
+                column: TEXT_COLUMN.into(),
+                msg: "missing (and no input_ids either)".into(),
+            });
         }
         for (name, split) in &self.splits {
             let sum: u64 = split.shards.iter().map(|s| s.rows).sum();
             if sum != split.rows {
-                return Err(Error::manifest(uri, format!("split {name:?} lists {} rows but its shards hold {sum}", split.rows)));
+                return Err(Error::manifest(
+                    uri,
+                    format!(
+                        "split {name:?} lists {} rows but its shards hold {sum}",
+                        split.rows
+                    ),
+                ));
             }
             for s in &split.shards {
                 if s.rows == 0 || s.row_groups.is_empty() {
                     return Err(Error::manifest(uri, format!("shard {} is empty", s.path)));
                 }
                 if s.row_groups.iter().sum::<u64>() != s.rows {
-                    return Err(Error::manifest(uri, format!("shard {}: row groups do not add up to {} rows", s.path, s.rows)));
+                    return Err(Error::manifest(
+                        uri,
+                        format!(
+                            "shard {}: row groups do not add up to {} rows",
+                            s.path, s.rows
+                        ),
+                    ));
                 }
             }
         }
         if self.fingerprint != self.compute_fingerprint() {
-            return Err(Error::manifest(uri, "fingerprint does not match its content (edited by hand?)"));
+            return Err(Error::manifest(
+                uri,
+                "fingerprint does not match its content (edited by hand?)",
+            ));
         }
         Ok(())
     }

@@ -116,20 +116,32 @@ pub fn rank_slice(
     if left >= b {
         let per = b / w;
         let start = pos + r * per;
-        return Some(RankSlice { positions: start..start + per, pad_rows: 0, next_pos: pos + b });
+        return Some(RankSlice {
+            positions: start..start + per,
+            pad_rows: 0,
+            next_pos: pos + b,
+        });
     }
     if pad_remainder {
         let per = left.div_ceil(w);
         let start = (pos + r * per).min(rows);
         let end = (start + per).min(rows);
-        Some(RankSlice { positions: start..end, pad_rows: (per - (end - start)) as usize, next_pos: rows })
+        Some(RankSlice {
+            positions: start..end,
+            pad_rows: (per - (end - start)) as usize,
+            next_pos: rows,
+        })
     } else {
         let per = left / w;
         if per == 0 {
             return None;
         }
         let start = pos + r * per;
-        Some(RankSlice { positions: start..start + per, pad_rows: 0, next_pos: rows })
+        Some(RankSlice {
+            positions: start..start + per,
+            pad_rows: 0,
+            next_pos: rows,
+        })
     }
 }
 
@@ -161,27 +173,53 @@ pub struct EpochPlan {
 impl EpochPlan {
     /// Build the plan for one epoch of a split whose row groups hold `rg_rows[i]` rows each.
     /// Without shuffling the whole split is one window in storage order.
-    pub fn new(rg_rows: &[u64], seed: u64, epoch: u64, shuffle: bool, shuffle_window: usize) -> Self {
+    pub fn new(
+        rg_rows: &[u64],
+        seed: u64,
+        epoch: u64,
+        shuffle: bool,
+        shuffle_window: usize,
+    ) -> Self {
         let mut order: Vec<usize> = (0..rg_rows.len()).collect();
         let mut windows = Vec::new();
         if shuffle {
             SplitMix64::derive(seed, &[epoch, 0]).shuffle(&mut order);
-            let mut cur = Window { start: 0, row_groups: Vec::new(), rows: 0 };
+            let mut cur = Window {
+                start: 0,
+                row_groups: Vec::new(),
+                rows: 0,
+            };
             for rg in order {
                 cur.row_groups.push(rg);
                 cur.rows += rg_rows[rg];
                 if cur.rows >= shuffle_window.max(1) as u64 {
                     let start = cur.start + cur.rows;
-                    windows.push(std::mem::replace(&mut cur, Window { start, row_groups: Vec::new(), rows: 0 }));
+                    windows.push(std::mem::replace(
+                        &mut cur,
+                        Window {
+                            start,
+                            row_groups: Vec::new(),
+                            rows: 0,
+                        },
+                    ));
                 }
             }
             if !cur.row_groups.is_empty() {
                 windows.push(cur);
             }
         } else {
-            windows.push(Window { start: 0, row_groups: order, rows: rg_rows.iter().sum() });
+            windows.push(Window {
+                start: 0,
+                row_groups: order,
+                rows: rg_rows.iter().sum(),
+            });
         }
-        EpochPlan { windows, shuffle, seed, epoch }
+        EpochPlan {
+            windows,
+            shuffle,
+            seed,
+            epoch,
+        }
     }
 
     /// Index of the window holding epoch position `pos`.
@@ -267,7 +305,10 @@ mod tests {
             for r in 0..w {
                 let s = rank_slice(30, 24, b, r, w, true).expect("batch");
                 seen.extend(s.positions.clone());
-                assert_eq!(s.positions.end - s.positions.start + s.pad_rows as u64, 6u64.div_ceil(w as u64));
+                assert_eq!(
+                    s.positions.end - s.positions.start + s.pad_rows as u64,
+                    6u64.div_ceil(w as u64)
+                );
             }
             assert_eq!(seen, (24..30).collect::<Vec<_>>());
         }

@@ -23,8 +23,8 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use crate::error::{Error, Result};
 use crate::manifest::{
-    sha256_hex, Column, ColumnType, Manifest, PrepareInfo, Shard, Split, TokenizerInfo, FORMAT_VERSION, IDS_COLUMN, LABEL_COLUMN,
-    MANIFEST_FILE, TEXT_COLUMN,
+    sha256_hex, Column, ColumnType, Manifest, PrepareInfo, Shard, Split, TokenizerInfo,
+    FORMAT_VERSION, IDS_COLUMN, LABEL_COLUMN, MANIFEST_FILE, TEXT_COLUMN,
 };
 use crate::order::SplitMix64;
 use crate::sources::{read_sources, Record, SourceOptions};
@@ -91,7 +91,10 @@ impl PrepareOptions {
 
     fn validate(&self) -> Result<()> {
         if !(0.0..1.0).contains(&self.validation_fraction) {
-            return Err(Error::config("--validation-fraction", format!("must be in [0, 1), got {}", self.validation_fraction)));
+            return Err(Error::config(
+                "--validation-fraction",
+                format!("must be in [0, 1), got {}", self.validation_fraction),
+            ));
         }
         if self.row_group_rows == 0 {
             return Err(Error::config("--row-group-rows", "must be > 0"));
@@ -110,7 +113,8 @@ impl PrepareOptions {
 /// Which rows of `labels` go to validation: per label (in label order) the rows are shuffled with a
 /// seeded RNG and the first `round(n * fraction)` are taken. Pure function of its inputs.
 pub fn stratified_split(labels: &[Option<i64>], fraction: f64, seed: u64) -> Vec<bool> {
-    let mut groups: std::collections::BTreeMap<Option<i64>, Vec<usize>> = std::collections::BTreeMap::new();
+    let mut groups: std::collections::BTreeMap<Option<i64>, Vec<usize>> =
+        std::collections::BTreeMap::new();
     for (i, l) in labels.iter().enumerate() {
         groups.entry(*l).or_default().push(i);
     }
@@ -134,7 +138,11 @@ struct SplitRows {
 
 impl SplitRows {
     fn len(&self) -> usize {
-        self.ids.as_ref().map(Vec::len).or(self.texts.as_ref().map(Vec::len)).unwrap_or(0)
+        self.ids
+            .as_ref()
+            .map(Vec::len)
+            .or(self.texts.as_ref().map(Vec::len))
+            .unwrap_or(0)
     }
     fn row_bytes(&self, i: usize) -> u64 {
         let t = self.texts.as_ref().map_or(0, |t| t[i].len());
@@ -158,7 +166,13 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
     let loc = Location::parse(&opts.out, true)?;
     let had_manifest = loc.size(MANIFEST_FILE)?.is_some();
     if had_manifest && !opts.overwrite {
-        return Err(Error::config("--out", format!("{} already holds a dataset (manifest.json); pass --overwrite to replace it", loc.uri)));
+        return Err(Error::config(
+            "--out",
+            format!(
+                "{} already holds a dataset (manifest.json); pass --overwrite to replace it",
+                loc.uri
+            ),
+        ));
     }
     let data = read_sources(&opts.source)?;
     let wanted: Vec<String> = match &opts.splits {
@@ -182,20 +196,32 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
             location: data.origin.clone(),
             split: name.clone(),
             available: {
-                let mut a: Vec<String> = splits.keys().cloned().chain(selected.iter().map(|(n, _)| n.clone())).collect();
+                let mut a: Vec<String> = splits
+                    .keys()
+                    .cloned()
+                    .chain(selected.iter().map(|(n, _)| n.clone()))
+                    .collect();
                 a.sort();
                 a
             },
         })?;
         if recs.is_empty() {
-            return Err(Error::bad_input(&data.origin, None, format!("split {name:?} has no rows")));
+            return Err(Error::bad_input(
+                &data.origin,
+                None,
+                format!("split {name:?} has no rows"),
+            ));
         }
         if name == "train" && carve {
             let labels: Vec<Option<i64>> = recs.iter().map(|r| r.label).collect();
             let is_val = stratified_split(&labels, opts.validation_fraction, opts.seed);
             let (mut train, mut val) = (Vec::new(), Vec::new());
             for (r, v) in recs.into_iter().zip(is_val) {
-                if v { val.push(r) } else { train.push(r) }
+                if v {
+                    val.push(r)
+                } else {
+                    train.push(r)
+                }
             }
             selected.push(("train".into(), train));
             selected.push(("validation".into(), val));
@@ -205,7 +231,11 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
     }
     selected.sort_by(|a, b| a.0.cmp(&b.0));
 
-    let enc = opts.tokenizer.as_deref().map(TextEncoder::load).transpose()?;
+    let enc = opts
+        .tokenizer
+        .as_deref()
+        .map(TextEncoder::load)
+        .transpose()?;
     let pool = encode_pool(opts.tokenizer_threads)?;
     let labelled = data.label_names.is_some() && opts.pack_length.is_none();
     let mut rows_by_split = Vec::new();
@@ -219,19 +249,34 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
             }
             c
         });
-        let rows = to_rows(recs, enc.as_ref(), pool.as_ref(), opts.pack_length, labelled)?;
+        let rows = to_rows(
+            recs,
+            enc.as_ref(),
+            pool.as_ref(),
+            opts.pack_length,
+            labelled,
+        )?;
         rows_by_split.push((name, rows, label_counts));
     }
 
     let mut schema_cols = Vec::new();
     if opts.pack_length.is_none() {
-        schema_cols.push(Column { name: TEXT_COLUMN.into(), ty: ColumnType::Utf8 });
+        schema_cols.push(Column {
+            name: TEXT_COLUMN.into(),
+            ty: ColumnType::Utf8,
+        });
     }
     if labelled {
-        schema_cols.push(Column { name: LABEL_COLUMN.into(), ty: ColumnType::Int64 });
+        schema_cols.push(Column {
+            name: LABEL_COLUMN.into(),
+            ty: ColumnType::Int64,
+        });
     }
     if enc.is_some() {
-        schema_cols.push(Column { name: IDS_COLUMN.into(), ty: ColumnType::ListInt32 });
+        schema_cols.push(Column {
+            name: IDS_COLUMN.into(),
+            ty: ColumnType::ListInt32,
+        });
     }
 
     if had_manifest {
@@ -244,7 +289,11 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
             format_version: FORMAT_VERSION,
             name: opts.name.clone().unwrap_or_else(|| default_name(opts)),
             schema: schema_cols,
-            label_names: if labelled { data.label_names.clone() } else { None },
+            label_names: if labelled {
+                data.label_names.clone()
+            } else {
+                None
+            },
             splits,
             sources: data.files.clone(),
             tokenizer: enc.as_ref().map(|e| TokenizerInfo {
@@ -268,7 +317,10 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
         Ok(manifest)
     });
     match result {
-        Ok(manifest) => Ok(PrepareReport { uri: loc.uri.clone(), manifest }),
+        Ok(manifest) => Ok(PrepareReport {
+            uri: loc.uri.clone(),
+            manifest,
+        }),
         Err(e) => {
             for rel in &written {
                 if let Err(d) = loc.delete(rel) {
@@ -291,7 +343,13 @@ fn default_name(opts: &PrepareOptions) -> String {
             .first()
             .map(|i| i.rsplit_once('=').map_or(i.as_str(), |(_, p)| p))
             .and_then(|p| std::path::Path::new(p).file_name())
-            .map(|n| n.to_string_lossy().split('.').next().unwrap_or_default().to_string())
+            .map(|n| {
+                n.to_string_lossy()
+                    .split('.')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
             .unwrap_or_else(|| "dataset".into()),
     }
 }
@@ -316,7 +374,12 @@ fn to_rows(
         }
     };
     if let (Some(n), Some(docs), Some(e)) = (pack, &ids, enc) {
-        let sep = e.sep_id().ok_or_else(|| Error::tokenizer(e.spec(), "has no [SEP]/</s> token to separate packed documents"))?;
+        let sep = e.sep_id().ok_or_else(|| {
+            Error::tokenizer(
+                e.spec(),
+                "has no [SEP]/</s> token to separate packed documents",
+            )
+        })?;
         let mut rows = Vec::new();
         let mut cur: Vec<u32> = Vec::with_capacity(n);
         for doc in docs {
@@ -330,10 +393,18 @@ fn to_rows(
         if !cur.is_empty() {
             rows.push(cur);
         }
-        return Ok(SplitRows { texts: None, labels: None, ids: Some(rows) });
+        return Ok(SplitRows {
+            texts: None,
+            labels: None,
+            ids: Some(rows),
+        });
     }
     let labels = labelled.then(|| recs.iter().map(|r| r.label.unwrap_or(0)).collect());
-    Ok(SplitRows { texts: Some(recs.into_iter().map(|r| r.text).collect()), labels, ids })
+    Ok(SplitRows {
+        texts: Some(recs.into_iter().map(|r| r.text).collect()),
+        labels,
+        ids,
+    })
 }
 
 /// Write every split's shards; returns the manifest's split table. `written` collects the paths of
@@ -352,27 +423,54 @@ fn write_all(
         while start < n {
             // Shard [start, end): bounded by rows and bytes.
             let (mut end, mut bytes) = (start, 0u64);
-            while end < n && (end == start || (bytes < opts.shard_bytes && opts.shard_rows.is_none_or(|m| ((end - start) as u64) < m))) {
+            while end < n
+                && (end == start
+                    || (bytes < opts.shard_bytes
+                        && opts.shard_rows.is_none_or(|m| ((end - start) as u64) < m)))
+            {
                 bytes += rows.row_bytes(end);
                 end += 1;
             }
             let rel = format!("{name}/part-{:05}.parquet", shards.len());
-            let (file, rg_rows) = encode_shard(rows, start..end, opts.row_group_rows, &loc.uri_of(&rel))?;
-            let shard = Shard { path: rel.clone(), rows: (end - start) as u64, bytes: file.len() as u64, sha256: sha256_hex(&file), row_groups: rg_rows };
+            let (file, rg_rows) =
+                encode_shard(rows, start..end, opts.row_group_rows, &loc.uri_of(&rel))?;
+            let shard = Shard {
+                path: rel.clone(),
+                rows: (end - start) as u64,
+                bytes: file.len() as u64,
+                sha256: sha256_hex(&file),
+                row_groups: rg_rows,
+            };
             written.push(rel.clone());
             loc.put(&rel, file)?;
             shards.push(shard);
             start = end;
         }
-        let tokens = rows.ids.as_ref().map(|d| d.iter().map(|r| r.len() as u64).sum());
-        out.insert(name.clone(), Split { rows: n as u64, label_counts: label_counts.clone(), tokens, shards });
+        let tokens = rows
+            .ids
+            .as_ref()
+            .map(|d| d.iter().map(|r| r.len() as u64).sum());
+        out.insert(
+            name.clone(),
+            Split {
+                rows: n as u64,
+                label_counts: label_counts.clone(),
+                tokens,
+                shards,
+            },
+        );
     }
     Ok(out)
 }
 
 /// Encode rows `range` as one Parquet file, one row group per `row_group_rows` rows (or
 /// [`ROW_GROUP_MAX_BYTES`]). Returns the bytes and the row-group row counts.
-fn encode_shard(rows: &SplitRows, range: std::ops::Range<usize>, row_group_rows: usize, uri: &str) -> Result<(Vec<u8>, Vec<u64>)> {
+fn encode_shard(
+    rows: &SplitRows,
+    range: std::ops::Range<usize>,
+    row_group_rows: usize,
+    uri: &str,
+) -> Result<(Vec<u8>, Vec<u64>)> {
     let mut fields = Vec::new();
     if rows.texts.is_some() {
         fields.push(Field::new(TEXT_COLUMN, DataType::Utf8, false));
@@ -381,19 +479,32 @@ fn encode_shard(rows: &SplitRows, range: std::ops::Range<usize>, row_group_rows:
         fields.push(Field::new(LABEL_COLUMN, DataType::Int64, false));
     }
     if rows.ids.is_some() {
-        fields.push(Field::new(IDS_COLUMN, DataType::List(Arc::new(Field::new("item", DataType::Int32, true))), false));
+        fields.push(Field::new(
+            IDS_COLUMN,
+            DataType::List(Arc::new(Field::new("item", DataType::Int32, true))),
+            false,
+        ));
     }
     let schema = Arc::new(Schema::new(fields));
     let props = WriterProperties::builder()
         .set_created_by(CREATED_BY.into())
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(|e| Error::Parquet { uri: uri.into(), source: e })?))
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(|e| {
+            Error::Parquet {
+                uri: uri.into(),
+                source: e,
+            }
+        })?))
         .set_statistics_enabled(EnabledStatistics::None)
         .set_max_row_group_row_count(None)
         .set_max_row_group_bytes(None)
         .build();
-    let pq = |e| Error::Parquet { uri: uri.to_string(), source: e };
+    let pq = |e| Error::Parquet {
+        uri: uri.to_string(),
+        source: e,
+    };
     let mut file: Vec<u8> = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut file, Arc::clone(&schema), Some(props)).map_err(pq)?;
+    let mut writer =
+        ArrowWriter::try_new(&mut file, Arc::clone(&schema), Some(props)).map_err(pq)?;
     let mut rg_rows = Vec::new();
     let mut s = range.start;
     while s < range.end {
@@ -412,21 +523,32 @@ fn encode_shard(rows: &SplitRows, range: std::ops::Range<usize>, row_group_rows:
         if let Some(d) = &rows.ids {
             let mut b = ListBuilder::new(Int32Builder::new());
             for row in &d[s..e] {
-                b.values().append_slice(&row.iter().map(|&x| x as i32).collect::<Vec<_>>());
+                b.values()
+                    .append_slice(&row.iter().map(|&x| x as i32).collect::<Vec<_>>());
                 b.append(true);
             }
             cols.push(Arc::new(b.finish()));
         }
-        let batch = RecordBatch::try_new(Arc::clone(&schema), cols).map_err(|e| Error::Arrow { uri: uri.into(), source: e })?;
+        let batch = RecordBatch::try_new(Arc::clone(&schema), cols).map_err(|e| Error::Arrow {
+            uri: uri.into(),
+            source: e,
+        })?;
         writer.write(&batch).map_err(pq)?;
         writer.flush().map_err(pq)?;
         rg_rows.push((e - s) as u64);
         s = e;
     }
     let meta = writer.close().map_err(pq)?;
-    let actual: Vec<u64> = meta.row_groups().iter().map(|r| r.num_rows() as u64).collect();
+    let actual: Vec<u64> = meta
+        .row_groups()
+        .iter()
+        .map(|r| r.num_rows() as u64)
+        .collect();
     if actual != rg_rows {
-        return Err(Error::manifest(uri, format!("writer produced row groups {actual:?}, expected {rg_rows:?}")));
+        return Err(Error::manifest(
+            uri,
+            format!("writer produced row groups {actual:?}, expected {rg_rows:?}"),
+        ));
     }
     Ok((file, rg_rows))
 }

@@ -40,7 +40,12 @@ impl InputFormat {
             "jsonl" | "json" => InputFormat::Jsonl,
             "text" | "txt" => InputFormat::Text,
             "parquet" => InputFormat::Parquet,
-            other => return Err(Error::config("--format", format!("{other:?} is not one of agnews, imdb, jsonl, text, parquet"))),
+            other => {
+                return Err(Error::config(
+                    "--format",
+                    format!("{other:?} is not one of agnews, imdb, jsonl, text, parquet"),
+                ))
+            }
         })
     }
 
@@ -114,13 +119,20 @@ pub struct SourceData {
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned())
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 /// Read a local input file and record its checksum.
 fn read_input(path: &Path, files: &mut Vec<SourceFile>) -> Result<Bytes> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    files.push(SourceFile { name: file_name(path), bytes: bytes.len() as u64, sha256: sha256_hex(&bytes) });
+    files.push(SourceFile {
+        name: file_name(path),
+        bytes: bytes.len() as u64,
+        sha256: sha256_hex(&bytes),
+    });
     Ok(Bytes::from(bytes))
 }
 
@@ -129,20 +141,33 @@ fn gunzip_if(name: &str, bytes: Bytes) -> Result<Bytes> {
         return Ok(bytes);
     }
     let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(&bytes[..]).read_to_end(&mut out).map_err(|e| Error::bad_input(name, None, format!("not valid gzip: {e}")))?;
+    flate2::read::MultiGzDecoder::new(&bytes[..])
+        .read_to_end(&mut out)
+        .map_err(|e| Error::bad_input(name, None, format!("not valid gzip: {e}")))?;
     Ok(Bytes::from(out))
 }
 
 /// Iterate the members of a `.tar.gz` in memory, calling `f(member path, bytes)`.
-fn for_each_member(name: &str, archive: &[u8], mut f: impl FnMut(&str, Vec<u8>) -> Result<()>) -> Result<()> {
-    let bad = |e: std::io::Error| Error::bad_input(name, None, format!("not a readable .tar.gz archive: {e}"));
+fn for_each_member(
+    name: &str,
+    archive: &[u8],
+    mut f: impl FnMut(&str, Vec<u8>) -> Result<()>,
+) -> Result<()> {
+    let bad = |e: std::io::Error| {
+        Error::bad_input(name, None, format!("not a readable .tar.gz archive: {e}"))
+    };
     let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
     for entry in ar.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
         if !entry.header().entry_type().is_file() {
             continue;
         }
-        let path = entry.path().map_err(bad)?.to_string_lossy().trim_start_matches("./").to_string();
+        let path = entry
+            .path()
+            .map_err(bad)?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
         let mut buf = Vec::with_capacity(entry.size() as usize);
         entry.read_to_end(&mut buf).map_err(bad)?;
         f(&path, buf)?;
@@ -152,7 +177,11 @@ fn for_each_member(name: &str, archive: &[u8], mut f: impl FnMut(&str, Vec<u8>) 
 
 fn utf8(bytes: Vec<u8>, source: &str, row: Option<u64>) -> Result<String> {
     String::from_utf8(bytes).map_err(|e| {
-        Error::bad_input(source, row, format!("invalid UTF-8 at byte {}", e.utf8_error().valid_up_to()))
+        Error::bad_input(
+            source,
+            row,
+            format!("invalid UTF-8 at byte {}", e.utf8_error().valid_up_to()),
+        )
     })
 }
 
@@ -215,7 +244,13 @@ fn read_agnews(path: &Path, data: &mut SourceData) -> Result<()> {
         match member.rsplit('/').next() {
             Some("classes.txt") => {
                 let s = utf8(buf, member, None)?;
-                classes = Some(s.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect());
+                classes = Some(
+                    s.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(String::from)
+                        .collect(),
+                );
             }
             Some(f @ ("train.csv" | "test.csv")) => {
                 csvs.insert(f.trim_end_matches(".csv").to_string(), buf);
@@ -224,27 +259,59 @@ fn read_agnews(path: &Path, data: &mut SourceData) -> Result<()> {
         }
         Ok(())
     })?;
-    let names = classes.ok_or_else(|| Error::bad_input(&name, None, "archive has no ag_news_csv/classes.txt"))?;
+    let names = classes
+        .ok_or_else(|| Error::bad_input(&name, None, "archive has no ag_news_csv/classes.txt"))?;
     for (split, buf) in csvs {
         let member = format!("{name}:ag_news_csv/{split}.csv");
-        let mut rdr = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(&buf[..]);
+        let mut rdr = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(&buf[..]);
         let mut recs = Vec::new();
         for (i, rec) in rdr.byte_records().enumerate() {
             let row = i as u64 + 1;
-            let rec = rec.map_err(|e| Error::bad_input(&member, Some(row), format!("malformed CSV: {e}")))?;
+            let rec = rec
+                .map_err(|e| Error::bad_input(&member, Some(row), format!("malformed CSV: {e}")))?;
             if rec.len() != 3 {
-                return Err(Error::bad_input(&member, Some(row), format!("expected 3 fields (class, title, description), found {}", rec.len())));
+                return Err(Error::bad_input(
+                    &member,
+                    Some(row),
+                    format!(
+                        "expected 3 fields (class, title, description), found {}",
+                        rec.len()
+                    ),
+                ));
             }
             let field = |k: usize| utf8(rec[k].to_vec(), &member, Some(row));
             let class = field(0)?;
-            let class: i64 = class.trim().parse().map_err(|_| Error::bad_input(&member, Some(row), format!("class {class:?} is not a number")))?;
+            let class: i64 = class.trim().parse().map_err(|_| {
+                Error::bad_input(
+                    &member,
+                    Some(row),
+                    format!("class {class:?} is not a number"),
+                )
+            })?;
             let label = class - 1;
             if label < 0 || label as usize >= names.len() {
-                return Err(Error::LabelOutOfRange { uri: member.clone(), row, label, num_classes: names.len() });
+                return Err(Error::LabelOutOfRange {
+                    uri: member.clone(),
+                    row,
+                    label,
+                    num_classes: names.len(),
+                });
             }
-            let text = format!("{} {}", agnews_unescape(field(1)?.trim()), agnews_unescape(field(2)?.trim())).trim().to_string();
+            let text = format!(
+                "{} {}",
+                agnews_unescape(field(1)?.trim()),
+                agnews_unescape(field(2)?.trim())
+            )
+            .trim()
+            .to_string();
             check_text(&text, &member, row)?;
-            recs.push(Record { text, label: Some(label) });
+            recs.push(Record {
+                text,
+                label: Some(label),
+            });
         }
         data.splits.insert(split, recs);
     }
@@ -259,18 +326,36 @@ fn read_imdb(path: &Path, data: &mut SourceData) -> Result<()> {
     let mut rows: BTreeMap<(String, i64, u64), String> = BTreeMap::new();
     for_each_member(&name, &bytes, |member, buf| {
         let parts: Vec<&str> = member.split('/').collect();
-        let [_, split @ ("train" | "test"), class @ ("pos" | "neg"), file] = parts[..] else { return Ok(()) };
-        let Some(stem) = file.strip_suffix(".txt") else { return Ok(()) };
-        let id: u64 = stem.split('_').next().and_then(|s| s.parse().ok()).ok_or_else(|| {
-            Error::bad_input(format!("{name}:{member}"), None, "file name is not <id>_<rating>.txt")
-        })?;
-        let text = utf8(buf, &format!("{name}:{member}"), None)?.replace("<br />", "\n").trim().to_string();
+        let [_, split @ ("train" | "test"), class @ ("pos" | "neg"), file] = parts[..] else {
+            return Ok(());
+        };
+        let Some(stem) = file.strip_suffix(".txt") else {
+            return Ok(());
+        };
+        let id: u64 = stem
+            .split('_')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| {
+                Error::bad_input(
+                    format!("{name}:{member}"),
+                    None,
+                    "file name is not <id>_<rating>.txt",
+                )
+            })?;
+        let text = utf8(buf, &format!("{name}:{member}"), None)?
+            .replace("<br />", "\n")
+            .trim()
+            .to_string();
         check_text(&text, &format!("{name}:{member}"), 1)?;
         rows.insert((split.to_string(), i64::from(class == "pos"), id), text);
         Ok(())
     })?;
     for ((split, label, _), text) in rows {
-        data.splits.entry(split).or_default().push(Record { text, label: Some(label) });
+        data.splits.entry(split).or_default().push(Record {
+            text,
+            label: Some(label),
+        });
     }
     data.label_names = Some(vec!["neg".into(), "pos".into()]);
     Ok(())
@@ -288,28 +373,71 @@ type RawSplits = BTreeMap<String, Vec<(String, RawLabelled)>>;
 type RawLabelled = (String, Option<RawLabel>, u64);
 
 /// Turn raw labels into `0..n` with names: strings → sorted unique names; integers → `"0".."max"`.
-fn assign_labels(raw: RawSplits, given_names: Option<Vec<String>>, data: &mut SourceData) -> Result<()> {
-    let all: Vec<&RawLabel> = raw.values().flatten().filter_map(|(_, (_, l, _))| l.as_ref()).collect();
+fn assign_labels(
+    raw: RawSplits,
+    given_names: Option<Vec<String>>,
+    data: &mut SourceData,
+) -> Result<()> {
+    let all: Vec<&RawLabel> = raw
+        .values()
+        .flatten()
+        .filter_map(|(_, (_, l, _))| l.as_ref())
+        .collect();
     let count = raw.values().flatten().count();
     let labelled = !all.is_empty();
     if labelled && all.len() != count {
-        let (src, (_, _, row)) = raw.values().flatten().find(|(_, (_, l, _))| l.is_none()).map(|(s, r)| (s.clone(), r.clone())).unwrap_or_default();
-        return Err(Error::bad_input(src, Some(row), "label missing (other rows have one)"));
+        let (src, (_, _, row)) = raw
+            .values()
+            .flatten()
+            .find(|(_, (_, l, _))| l.is_none())
+            .map(|(s, r)| (s.clone(), r.clone()))
+            .unwrap_or_default();
+        return Err(Error::bad_input(
+            src,
+            Some(row),
+            "label missing (other rows have one)",
+        ));
     }
     let strings: Vec<String> = {
-        let mut s: Vec<String> = all.iter().filter_map(|l| if let RawLabel::Str(s) = l { Some(s.clone()) } else { None }).collect();
+        let mut s: Vec<String> = all
+            .iter()
+            .filter_map(|l| {
+                if let RawLabel::Str(s) = l {
+                    Some(s.clone())
+                } else {
+                    None
+                }
+            })
+            .collect();
         s.sort();
         s.dedup();
         s
     };
-    if !strings.is_empty() && strings.len() != all.len() && all.iter().any(|l| matches!(l, RawLabel::Int(_))) {
-        return Err(Error::bad_input(data.origin.clone(), None, "labels mix numbers and strings"));
+    if !strings.is_empty()
+        && strings.len() != all.len()
+        && all.iter().any(|l| matches!(l, RawLabel::Int(_)))
+    {
+        return Err(Error::bad_input(
+            data.origin.clone(),
+            None,
+            "labels mix numbers and strings",
+        ));
     }
     let names = if !strings.is_empty() {
         Some(strings.clone())
     } else if labelled {
         given_names.or_else(|| {
-            let max = all.iter().filter_map(|l| if let RawLabel::Int(i) = l { Some(*i) } else { None }).max().unwrap_or(0);
+            let max = all
+                .iter()
+                .filter_map(|l| {
+                    if let RawLabel::Int(i) = l {
+                        Some(*i)
+                    } else {
+                        None
+                    }
+                })
+                .max()
+                .unwrap_or(0);
             Some((0..=max.max(0)).map(|i| i.to_string()).collect())
         })
     } else {
@@ -322,7 +450,12 @@ fn assign_labels(raw: RawSplits, given_names: Option<Vec<String>>, data: &mut So
                 (Some(RawLabel::Str(s)), _) => strings.binary_search(&s).ok().map(|i| i as i64),
                 (Some(RawLabel::Int(i)), Some(n)) => {
                     if i < 0 || i as usize >= n.len() {
-                        return Err(Error::LabelOutOfRange { uri: src, row, label: i, num_classes: n.len() });
+                        return Err(Error::LabelOutOfRange {
+                            uri: src,
+                            row,
+                            label: i,
+                            num_classes: n.len(),
+                        });
                     }
                     Some(i)
                 }
@@ -346,7 +479,12 @@ fn split_and_path(input: &str, format: InputFormat) -> (String, &Path) {
     let path = Path::new(input);
     if format == InputFormat::Parquet {
         let stem = file_name(path);
-        for (prefix, split) in [("train", "train"), ("test", "test"), ("validation", "validation"), ("valid", "validation")] {
+        for (prefix, split) in [
+            ("train", "train"),
+            ("test", "test"),
+            ("validation", "validation"),
+            ("valid", "validation"),
+        ] {
             if stem.starts_with(&format!("{prefix}-")) || stem.starts_with(&format!("{prefix}.")) {
                 return (split.to_string(), path);
             }
@@ -355,29 +493,57 @@ fn split_and_path(input: &str, format: InputFormat) -> (String, &Path) {
     ("train".to_string(), path)
 }
 
-fn read_jsonl(src: &str, bytes: &[u8], opts: &SourceOptions, out: &mut Vec<(String, RawLabelled)>) -> Result<()> {
+fn read_jsonl(
+    src: &str,
+    bytes: &[u8],
+    opts: &SourceOptions,
+    out: &mut Vec<(String, RawLabelled)>,
+) -> Result<()> {
     let mut label_field = opts.label_field.clone();
     for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
         let row = i as u64 + 1;
-        let line = std::str::from_utf8(line).map_err(|e| Error::bad_input(src, Some(row), format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
+        let line = std::str::from_utf8(line).map_err(|e| {
+            Error::bad_input(
+                src,
+                Some(row),
+                format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+            )
+        })?;
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::bad_input(src, Some(row), format!("invalid JSON: {e}")))?;
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| Error::bad_input(src, Some(row), format!("invalid JSON: {e}")))?;
         let text = v
             .get(&opts.text_field)
             .and_then(|t| t.as_str())
-            .ok_or_else(|| Error::bad_input(src, Some(row), format!("field {:?} is missing or not a string", opts.text_field)))?;
+            .ok_or_else(|| {
+                Error::bad_input(
+                    src,
+                    Some(row),
+                    format!("field {:?} is missing or not a string", opts.text_field),
+                )
+            })?;
         check_text(text, src, row)?;
         if label_field.is_none() {
-            label_field = Some(if v.get("label").is_some() { "label".into() } else { String::new() });
+            label_field = Some(if v.get("label").is_some() {
+                "label".into()
+            } else {
+                String::new()
+            });
         }
         let label = match label_field.as_deref() {
             Some("") | None => None,
             Some(f) => Some(match v.get(f) {
                 Some(serde_json::Value::String(s)) => RawLabel::Str(s.clone()),
                 Some(n) if n.as_i64().is_some() => RawLabel::Int(n.as_i64().unwrap_or_default()),
-                _ => return Err(Error::bad_input(src, Some(row), format!("label field {f:?} is missing or not an integer/string"))),
+                _ => {
+                    return Err(Error::bad_input(
+                        src,
+                        Some(row),
+                        format!("label field {f:?} is missing or not an integer/string"),
+                    ))
+                }
             }),
         };
         out.push((src.to_string(), (text.to_string(), label, row)));
@@ -385,7 +551,12 @@ fn read_jsonl(src: &str, bytes: &[u8], opts: &SourceOptions, out: &mut Vec<(Stri
     Ok(())
 }
 
-fn read_text(src: &str, bytes: &[u8], unit: TextUnit, out: &mut Vec<(String, RawLabelled)>) -> Result<()> {
+fn read_text(
+    src: &str,
+    bytes: &[u8],
+    unit: TextUnit,
+    out: &mut Vec<(String, RawLabelled)>,
+) -> Result<()> {
     let mut para: Vec<&str> = Vec::new();
     let mut para_row = 0;
     let flush = |para: &mut Vec<&str>, row: u64, out: &mut Vec<(String, RawLabelled)>| {
@@ -396,7 +567,13 @@ fn read_text(src: &str, bytes: &[u8], unit: TextUnit, out: &mut Vec<(String, Raw
     };
     for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
         let row = i as u64 + 1;
-        let line = std::str::from_utf8(line).map_err(|e| Error::bad_input(src, Some(row), format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
+        let line = std::str::from_utf8(line).map_err(|e| {
+            Error::bad_input(
+                src,
+                Some(row),
+                format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+            )
+        })?;
         let line = line.trim_end_matches('\r');
         if line.trim().is_empty() {
             flush(&mut para, para_row, out);
@@ -416,20 +593,37 @@ fn read_text(src: &str, bytes: &[u8], unit: TextUnit, out: &mut Vec<(String, Raw
     Ok(())
 }
 
-fn read_parquet(src: &str, bytes: Bytes, opts: &SourceOptions, out: &mut Vec<(String, RawLabelled)>, names: &mut Option<Vec<String>>) -> Result<()> {
-    let pq = |e| Error::Parquet { uri: src.to_string(), source: e };
+fn read_parquet(
+    src: &str,
+    bytes: Bytes,
+    opts: &SourceOptions,
+    out: &mut Vec<(String, RawLabelled)>,
+    names: &mut Option<Vec<String>>,
+) -> Result<()> {
+    let pq = |e| Error::Parquet {
+        uri: src.to_string(),
+        source: e,
+    };
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(pq)?;
     let schema = builder.schema().clone();
     let text_idx = schema
         .index_of(&opts.text_field)
-        .map_err(|_| Error::Schema { uri: src.into(), column: opts.text_field.clone(), msg: "is missing".into() })?;
+        .map_err(|_| Error::Schema {
+            uri: src.into(),
+            column: opts.text_field.clone(),
+            msg: "is missing".into(),
+        })?;
     let label_name = match opts.label_field.as_deref() {
         None => schema.index_of("label").ok().map(|_| "label".to_string()),
         Some("") => None,
         Some(f) => Some(f.to_string()),
     };
     let label_idx = match &label_name {
-        Some(f) => Some(schema.index_of(f).map_err(|_| Error::Schema { uri: src.into(), column: f.clone(), msg: "is missing".into() })?),
+        Some(f) => Some(schema.index_of(f).map_err(|_| Error::Schema {
+            uri: src.into(),
+            column: f.clone(),
+            msg: "is missing".into(),
+        })?),
         None => None,
     };
     if let Some(f) = &label_name {
@@ -437,13 +631,22 @@ fn read_parquet(src: &str, bytes: Bytes, opts: &SourceOptions, out: &mut Vec<(St
     }
     let mut row = 0u64;
     for batch in builder.with_batch_size(4096).build().map_err(pq)? {
-        let batch = batch.map_err(|e| Error::Arrow { uri: src.into(), source: e })?;
+        let batch = batch.map_err(|e| Error::Arrow {
+            uri: src.into(),
+            source: e,
+        })?;
         let col = batch.column(text_idx);
         let texts: Vec<Option<&str>> = match col.data_type() {
             DataType::Utf8 => col.as_string::<i32>().iter().collect(),
             DataType::LargeUtf8 => col.as_string::<i64>().iter().collect(),
             DataType::Utf8View => col.as_string_view().iter().collect(),
-            other => return Err(Error::Schema { uri: src.into(), column: opts.text_field.clone(), msg: format!("has type {other}, expected a string") }),
+            other => {
+                return Err(Error::Schema {
+                    uri: src.into(),
+                    column: opts.text_field.clone(),
+                    msg: format!("has type {other}, expected a string"),
+                })
+            }
         };
         let labels: Option<Vec<Option<i64>>> = match label_idx {
             None => None,
@@ -452,10 +655,28 @@ fn read_parquet(src: &str, bytes: Bytes, opts: &SourceOptions, out: &mut Vec<(St
                 let f = label_name.clone().unwrap_or_default();
                 Some(match c.data_type() {
                     DataType::Int64 => c.as_primitive::<Int64Type>().iter().collect(),
-                    DataType::Int32 => c.as_primitive::<Int32Type>().iter().map(|v| v.map(i64::from)).collect(),
-                    DataType::Int16 => c.as_primitive::<Int16Type>().iter().map(|v| v.map(i64::from)).collect(),
-                    DataType::Int8 => c.as_primitive::<Int8Type>().iter().map(|v| v.map(i64::from)).collect(),
-                    other => return Err(Error::Schema { uri: src.into(), column: f, msg: format!("has type {other}, expected an integer") }),
+                    DataType::Int32 => c
+                        .as_primitive::<Int32Type>()
+                        .iter()
+                        .map(|v| v.map(i64::from))
+                        .collect(),
+                    DataType::Int16 => c
+                        .as_primitive::<Int16Type>()
+                        .iter()
+                        .map(|v| v.map(i64::from))
+                        .collect(),
+                    DataType::Int8 => c
+                        .as_primitive::<Int8Type>()
+                        .iter()
+                        .map(|v| v.map(i64::from))
+                        .collect(),
+                    other => {
+                        return Err(Error::Schema {
+                            uri: src.into(),
+                            column: f,
+                            msg: format!("has type {other}, expected an integer"),
+                        })
+                    }
                 })
             }
         };
@@ -464,7 +685,11 @@ fn read_parquet(src: &str, bytes: Bytes, opts: &SourceOptions, out: &mut Vec<(St
             let t = t.ok_or_else(|| Error::bad_input(src, Some(row), "null text"))?;
             check_text(t, src, row)?;
             let label = match &labels {
-                Some(l) => Some(RawLabel::Int(l[i].ok_or_else(|| Error::bad_input(src, Some(row), "null label"))?)),
+                Some(l) => {
+                    Some(RawLabel::Int(l[i].ok_or_else(|| {
+                        Error::bad_input(src, Some(row), "null label")
+                    })?))
+                }
                 None => None,
             };
             out.push((src.to_string(), (t.to_string(), label, row)));
@@ -476,20 +701,31 @@ fn read_parquet(src: &str, bytes: Bytes, opts: &SourceOptions, out: &mut Vec<(St
 /// Class names from a Hugging Face `datasets` Parquet export (`ClassLabel` feature metadata).
 fn hf_class_names(meta: Option<&String>, field: &str) -> Option<Vec<String>> {
     let v: serde_json::Value = serde_json::from_str(meta?).ok()?;
-    let names = v.get("info")?.get("features")?.get(field)?.get("names")?.as_array()?;
+    let names = v
+        .get("info")?
+        .get("features")?
+        .get(field)?
+        .get("names")?
+        .as_array()?;
     names.iter().map(|n| n.as_str().map(String::from)).collect()
 }
 
 /// Read every input into per-split records.
 pub fn read_sources(opts: &SourceOptions) -> Result<SourceData> {
-    let mut data = SourceData { origin: opts.inputs.join(", "), ..SourceData::default() };
+    let mut data = SourceData {
+        origin: opts.inputs.join(", "),
+        ..SourceData::default()
+    };
     if opts.inputs.is_empty() {
         return Err(Error::config("--input", "at least one input is required"));
     }
     match opts.format {
         InputFormat::AgNews | InputFormat::Imdb => {
             if opts.inputs.len() != 1 {
-                return Err(Error::config("--input", format!("{} takes exactly one archive", opts.format.name())));
+                return Err(Error::config(
+                    "--input",
+                    format!("{} takes exactly one archive", opts.format.name()),
+                ));
             }
             let path = Path::new(&opts.inputs[0]);
             data.origin = file_name(path);
@@ -509,7 +745,9 @@ pub fn read_sources(opts: &SourceOptions) -> Result<SourceData> {
                 let out = raw.entry(split).or_default();
                 match opts.format {
                     InputFormat::Jsonl => read_jsonl(&src, &gunzip_if(&src, bytes)?, opts, out)?,
-                    InputFormat::Text => read_text(&src, &gunzip_if(&src, bytes)?, opts.text_unit, out)?,
+                    InputFormat::Text => {
+                        read_text(&src, &gunzip_if(&src, bytes)?, opts.text_unit, out)?
+                    }
                     _ => read_parquet(&src, bytes, opts, out, &mut names)?,
                 }
             }
@@ -533,7 +771,10 @@ mod tests {
         assert_eq!(agnews_unescape(r"a second\team"), "a second\nteam");
         assert_eq!(agnews_unescape(r"Grabs \$1B"), "Grabs $1B");
         assert_eq!(agnews_unescape(r"x.\\I think"), "x.\n\nI think");
-        assert_eq!(agnews_unescape("for the  #36;10 million"), "for the $10 million");
+        assert_eq!(
+            agnews_unescape("for the  #36;10 million"),
+            "for the $10 million"
+        );
         assert_eq!(agnews_unescape("it#39;s #1"), "it's #1");
     }
 }

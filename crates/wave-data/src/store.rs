@@ -64,15 +64,21 @@ impl std::ops::Deref for Location {
 impl Location {
     /// Parse a URI or path. With `create`, a missing local directory is created (for outputs).
     pub fn parse(uri: &str, create: bool) -> Result<Location> {
-        Ok(Location(wave_store::Root::open(uri, create, &wave_store::StoreOptions::default())?))
+        Ok(Location(wave_store::Root::open(
+            uri,
+            create,
+            &wave_store::StoreOptions::default(),
+        )?))
     }
 
     /// Read a whole object.
     pub fn get(&self, rel: &str) -> Result<Bytes> {
         let path = self.path(rel);
         let store = Arc::clone(&self.store);
-        block_on(async move { store.get(&path).await?.bytes().await })?
-            .map_err(|e| Error::Store { uri: self.uri_of(rel), source: e })
+        block_on(async move { store.get(&path).await?.bytes().await })?.map_err(|e| Error::Store {
+            uri: self.uri_of(rel),
+            source: e,
+        })
     }
 
     /// Size of an object, or `None` when it does not exist.
@@ -82,7 +88,10 @@ impl Location {
         match block_on(async move { store.head(&path).await })? {
             Ok(meta) => Ok(Some(meta.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(Error::Store { uri: self.uri_of(rel), source: e }),
+            Err(e) => Err(Error::Store {
+                uri: self.uri_of(rel),
+                source: e,
+            }),
         }
     }
 
@@ -92,7 +101,10 @@ impl Location {
         let store = Arc::clone(&self.store);
         block_on(async move { store.put(&path, PutPayload::from(bytes)).await })?
             .map(|_| ())
-            .map_err(|e| Error::Store { uri: self.uri_of(rel), source: e })
+            .map_err(|e| Error::Store {
+                uri: self.uri_of(rel),
+                source: e,
+            })
     }
 
     /// Delete an object; a missing object is not an error.
@@ -101,7 +113,10 @@ impl Location {
         let store = Arc::clone(&self.store);
         match block_on(async move { store.delete(&path).await })? {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(Error::Store { uri: self.uri_of(rel), source: e }),
+            Err(e) => Err(Error::Store {
+                uri: self.uri_of(rel),
+                source: e,
+            }),
         }
     }
 }
@@ -117,8 +132,18 @@ pub struct ObjectReader {
 
 impl ObjectReader {
     /// A reader of `path`, whose size is `size` bytes (from the manifest or a HEAD request).
-    pub fn new(store: Arc<dyn ObjectStore>, path: Path, size: u64, metadata: Option<Arc<ParquetMetaData>>) -> Self {
-        ObjectReader { store, path, size, metadata }
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        path: Path,
+        size: u64,
+        metadata: Option<Arc<ParquetMetaData>>,
+    ) -> Self {
+        ObjectReader {
+            store,
+            path,
+            size,
+            metadata,
+        }
     }
 }
 
@@ -128,11 +153,26 @@ fn external(e: object_store::Error) -> ParquetError {
 
 impl AsyncFileReader for ObjectReader {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
-        async move { self.store.get_range(&self.path, range).await.map_err(external) }.boxed()
+        async move {
+            self.store
+                .get_range(&self.path, range)
+                .await
+                .map_err(external)
+        }
+        .boxed()
     }
 
-    fn get_byte_ranges(&mut self, ranges: Vec<Range<u64>>) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
-        async move { self.store.get_ranges(&self.path, &ranges).await.map_err(external) }.boxed()
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move {
+            self.store
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(external)
+        }
+        .boxed()
     }
 
     fn get_metadata<'a>(
@@ -144,7 +184,12 @@ impl AsyncFileReader for ObjectReader {
                 return Ok(Arc::clone(m));
             }
             let size = self.size;
-            let m = Arc::new(ParquetMetaDataReader::new().with_prefetch_hint(Some(64 * 1024)).load_and_finish(&mut *self, size).await?);
+            let m = Arc::new(
+                ParquetMetaDataReader::new()
+                    .with_prefetch_hint(Some(64 * 1024))
+                    .load_and_finish(&mut *self, size)
+                    .await?,
+            );
             self.metadata = Some(Arc::clone(&m));
             Ok(m)
         }

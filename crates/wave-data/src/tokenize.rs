@@ -14,7 +14,9 @@ pub fn tokenizer_home() -> PathBuf {
     if let Some(h) = std::env::var_os("WAVE_DIST_HOME").filter(|h| !h.is_empty()) {
         return PathBuf::from(h).join("tokenizers");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("wave-dist").join("tokenizers")
 }
 
@@ -51,7 +53,10 @@ pub struct TextEncoder {
 
 impl std::fmt::Debug for TextEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TextEncoder").field("spec", &self.spec).field("fingerprint", &self.fingerprint()).finish()
+        f.debug_struct("TextEncoder")
+            .field("spec", &self.spec)
+            .field("fingerprint", &self.fingerprint())
+            .finish()
     }
 }
 
@@ -68,11 +73,22 @@ impl TextEncoder {
         let mut tokenizer = Tokenizer::from_bytes(bytes).map_err(|e| Error::tokenizer(spec, e))?;
         let configured_pad = tokenizer.get_padding().map(|p| p.pad_id);
         tokenizer.with_padding(None);
-        tokenizer.with_truncation(None).map_err(|e| Error::tokenizer(spec, e))?;
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| Error::tokenizer(spec, e))?;
         let pad_id = configured_pad
-            .or_else(|| ["[PAD]", "<pad>", "<|pad|>"].iter().find_map(|t| tokenizer.token_to_id(t)))
+            .or_else(|| {
+                ["[PAD]", "<pad>", "<|pad|>"]
+                    .iter()
+                    .find_map(|t| tokenizer.token_to_id(t))
+            })
             .unwrap_or(0);
-        Ok(TextEncoder { tokenizer, spec: spec.to_string(), sha256: sha256_hex(bytes), pad_id })
+        Ok(TextEncoder {
+            tokenizer,
+            spec: spec.to_string(),
+            sha256: sha256_hex(bytes),
+            pad_id,
+        })
     }
 
     /// Vocabulary size including added tokens.
@@ -87,12 +103,16 @@ impl TextEncoder {
 
     /// Id of the mask token (`[MASK]` or `<mask>`), for masked-token objectives.
     pub fn mask_id(&self) -> Option<u32> {
-        ["[MASK]", "<mask>"].iter().find_map(|t| self.tokenizer.token_to_id(t))
+        ["[MASK]", "<mask>"]
+            .iter()
+            .find_map(|t| self.tokenizer.token_to_id(t))
     }
 
     /// Id of the separator placed between packed documents (`[SEP]`, `</s>` or `<|endoftext|>`).
     pub fn sep_id(&self) -> Option<u32> {
-        ["[SEP]", "</s>", "<|endoftext|>"].iter().find_map(|t| self.tokenizer.token_to_id(t))
+        ["[SEP]", "</s>", "<|endoftext|>"]
+            .iter()
+            .find_map(|t| self.tokenizer.token_to_id(t))
     }
 
     /// `sha256:<hex of tokenizer.json>;vocab=<size>`: equal fingerprints encode identically.
@@ -130,10 +150,18 @@ impl TextEncoder {
     }
 
     /// Encode texts to ids with at most `pool`'s threads (serially without a pool).
-    pub fn encode_batch(&self, texts: &[&str], add_special_tokens: bool, pool: Option<&rayon::ThreadPool>) -> Result<Vec<Vec<u32>>> {
+    pub fn encode_batch(
+        &self,
+        texts: &[&str],
+        add_special_tokens: bool,
+        pool: Option<&rayon::ThreadPool>,
+    ) -> Result<Vec<Vec<u32>>> {
         let run = || -> Result<Vec<Vec<u32>>> {
             let inputs: Vec<&str> = texts.to_vec();
-            let encs = self.tokenizer.encode_batch_fast(inputs, add_special_tokens).map_err(|e| Error::tokenizer(&self.spec, e))?;
+            let encs = self
+                .tokenizer
+                .encode_batch_fast(inputs, add_special_tokens)
+                .map_err(|e| Error::tokenizer(&self.spec, e))?;
             Ok(encs.into_iter().map(|e| e.get_ids().to_vec()).collect())
         };
         match pool {
@@ -161,5 +189,10 @@ pub fn encode_pool(threads: usize) -> Result<Option<rayon::ThreadPool>> {
         .thread_name(|i| format!("wave-data-tok-{i}"))
         .build()
         .map(Some)
-        .map_err(|e| Error::config("data.tokenizer_threads", format!("cannot start {threads} threads: {e}")))
+        .map_err(|e| {
+            Error::config(
+                "data.tokenizer_threads",
+                format!("cannot start {threads} threads: {e}"),
+            )
+        })
 }

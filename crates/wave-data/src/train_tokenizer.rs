@@ -66,7 +66,10 @@ fn format_of(path: &str) -> InputFormat {
 pub fn train_tokenizer(opts: &TrainTokenizerOptions) -> Result<usize> {
     let spec = opts.out.display().to_string();
     if opts.vocab_size <= SPECIAL_TOKENS.len() {
-        return Err(Error::config("--vocab-size", format!("must exceed the {} special tokens", SPECIAL_TOKENS.len())));
+        return Err(Error::config(
+            "--vocab-size",
+            format!("must exceed the {} special tokens", SPECIAL_TOKENS.len()),
+        ));
     }
     let mut texts: Vec<String> = Vec::new();
     for input in &opts.inputs {
@@ -82,12 +85,19 @@ pub fn train_tokenizer(opts: &TrainTokenizerOptions) -> Result<usize> {
             texts.extend(recs.into_iter().map(|r| r.text));
         }
     }
-    let specials: Vec<AddedToken> = SPECIAL_TOKENS.iter().map(|t| AddedToken::from(*t, true)).collect();
+    let specials: Vec<AddedToken> = SPECIAL_TOKENS
+        .iter()
+        .map(|t| AddedToken::from(*t, true))
+        .collect();
     let (mut tok, mut trainer): (Tokenizer, TrainerWrapper) = match opts.kind {
         TokenizerKind::WordPiece => {
-            let model = WordPiece::builder().unk_token("[UNK]".into()).build().map_err(|e| Error::tokenizer(&spec, e))?;
+            let model = WordPiece::builder()
+                .unk_token("[UNK]".into())
+                .build()
+                .map_err(|e| Error::tokenizer(&spec, e))?;
             let mut tok = Tokenizer::new(model);
-            tok.with_normalizer(Some(BertNormalizer::new(true, true, None, opts.lowercase))).map_err(|e| Error::tokenizer(&spec, e))?;
+            tok.with_normalizer(Some(BertNormalizer::new(true, true, None, opts.lowercase)))
+                .map_err(|e| Error::tokenizer(&spec, e))?;
             tok.with_pre_tokenizer(Some(BertPreTokenizer));
             tok.with_decoder(Some(WordPieceDecoder::default()));
             let trainer = WordPieceTrainer::builder()
@@ -113,8 +123,12 @@ pub fn train_tokenizer(opts: &TrainTokenizerOptions) -> Result<usize> {
             (tok, trainer.into())
         }
     };
-    tok.train(&mut trainer, texts.iter()).map_err(|e| Error::tokenizer(&spec, e))?;
-    let id = |t: &str| tok.token_to_id(t).ok_or_else(|| Error::tokenizer(&spec, format!("trained vocabulary lacks {t}")));
+    tok.train(&mut trainer, texts.iter())
+        .map_err(|e| Error::tokenizer(&spec, e))?;
+    let id = |t: &str| {
+        tok.token_to_id(t)
+            .ok_or_else(|| Error::tokenizer(&spec, format!("trained vocabulary lacks {t}")))
+    };
     let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
     let post = TemplateProcessing::builder()
         .try_single("[CLS] $A [SEP]")
@@ -133,6 +147,7 @@ fn save_atomic(tok: &Tokenizer, out: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     let tmp = out.with_extension("json.part");
-    tok.save(&tmp, false).map_err(|e| Error::tokenizer(out.display().to_string(), e))?;
+    tok.save(&tmp, false)
+        .map_err(|e| Error::tokenizer(out.display().to_string(), e))?;
     std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
 }

@@ -4,7 +4,9 @@ mod common;
 
 use std::sync::Arc;
 
-use wave_data::{batches_per_epoch, Cursor, DataConfig, Dataset, Loader, LoaderOptions, TextEncoder};
+use wave_data::{
+    batches_per_epoch, Cursor, DataConfig, Dataset, Loader, LoaderOptions, TextEncoder,
+};
 
 const ROWS: usize = 1003;
 
@@ -13,7 +15,11 @@ fn setup() -> Option<(tempfile::TempDir, Dataset, Arc<TextEncoder>)> {
     let dir = tempfile::tempdir().expect("tempdir");
     let uri = common::synthetic_dataset(dir.path(), ROWS, 32, None);
     let ds = Dataset::open(&uri).expect("open");
-    Some((dir, ds, Arc::new(TextEncoder::load(&tok).expect("tokenizer"))))
+    Some((
+        dir,
+        ds,
+        Arc::new(TextEncoder::load(&tok).expect("tokenizer")),
+    ))
 }
 
 fn train_opts(world: usize) -> LoaderOptions {
@@ -25,7 +31,14 @@ fn train_opts(world: usize) -> LoaderOptions {
 }
 
 fn take(l: &mut Loader, n: usize) -> Vec<Vec<u64>> {
-    (0..n).map(|_| l.next_batch().expect("batch").expect("some").sample_positions).collect()
+    (0..n)
+        .map(|_| {
+            l.next_batch()
+                .expect("batch")
+                .expect("some")
+                .sample_positions
+        })
+        .collect()
 }
 
 #[test]
@@ -54,7 +67,10 @@ fn world_sizes_one_to_four_cover_an_epoch_once_with_equal_batch_counts() {
     for world in 1..=4usize {
         let opts = train_opts(world);
         let (all, counts) = common::epoch_positions(&ds, &enc, &opts);
-        assert!(counts.iter().all(|&c| c == counts[0]), "equal batch counts {counts:?}");
+        assert!(
+            counts.iter().all(|&c| c == counts[0]),
+            "equal batch counts {counts:?}"
+        );
         assert_eq!(counts[0], batches_per_epoch(ROWS as u64, 24, world));
         let mut uniq = all.clone();
         uniq.sort_unstable();
@@ -70,10 +86,12 @@ fn world_sizes_one_to_four_cover_an_epoch_once_with_equal_batch_counts() {
 #[test]
 fn resuming_from_an_arbitrary_cursor_continues_identically() {
     let Some((_d, ds, enc)) = setup() else { return };
-    let mut l = Loader::new(&ds, Some(enc.clone()), train_opts(2), Cursor::start(7)).expect("loader");
+    let mut l =
+        Loader::new(&ds, Some(enc.clone()), train_opts(2), Cursor::start(7)).expect("loader");
     let full = take(&mut l, 70);
     for stop in [1usize, 13, 41, 42, 55] {
-        let mut a = Loader::new(&ds, Some(enc.clone()), train_opts(2), Cursor::start(7)).expect("loader");
+        let mut a =
+            Loader::new(&ds, Some(enc.clone()), train_opts(2), Cursor::start(7)).expect("loader");
         take(&mut a, stop);
         let saved = serde_json::to_string(&a.cursor()).expect("json");
         drop(a);
@@ -122,12 +140,19 @@ fn eval_pads_the_remainder_so_every_sample_is_seen_exactly_once() {
     cfg.eval_split = "train".into();
     cfg.batch_size = 24;
     for world in [1usize, 3, 4] {
-        let (mut all, counts) = common::epoch_positions(&ds, &enc, &LoaderOptions::eval(&cfg, 0, world));
+        let (mut all, counts) =
+            common::epoch_positions(&ds, &enc, &LoaderOptions::eval(&cfg, 0, world));
         assert!(counts.iter().all(|&c| c == counts[0]));
         all.sort_unstable();
         assert_eq!(all, (0..ROWS as u64).collect::<Vec<_>>(), "world {world}");
     }
-    let mut l = Loader::new(&ds, Some(enc), LoaderOptions::eval(&cfg, 2, 3), Cursor::start(0)).expect("eval");
+    let mut l = Loader::new(
+        &ds,
+        Some(enc),
+        LoaderOptions::eval(&cfg, 2, 3),
+        Cursor::start(0),
+    )
+    .expect("eval");
     let mut last = None;
     while let Some(b) = l.next_batch().expect("batch") {
         last = Some(b);
@@ -137,7 +162,9 @@ fn eval_pads_the_remainder_so_every_sample_is_seen_exactly_once() {
     assert_eq!(last.rows, 7);
     assert_eq!(last.labels[5..], [-100, -100]);
     assert_eq!(last.sample_positions[5..], [u64::MAX, u64::MAX]);
-    assert!(last.attention_mask[5 * last.seq_len..].iter().all(|&m| m == 0));
+    assert!(last.attention_mask[5 * last.seq_len..]
+        .iter()
+        .all(|&m| m == 0));
 }
 
 #[test]
@@ -154,7 +181,9 @@ fn batches_are_padded_to_their_longest_row_and_truncated_to_max_length() {
     for r in 0..b.rows {
         let row = &b.input_ids[r * b.seq_len..(r + 1) * b.seq_len];
         assert_eq!(row[0], 101, "[CLS] first");
-        let len = b.attention_mask[r * b.seq_len..(r + 1) * b.seq_len].iter().sum::<i64>() as usize;
+        let len = b.attention_mask[r * b.seq_len..(r + 1) * b.seq_len]
+            .iter()
+            .sum::<i64>() as usize;
         assert_eq!(row[len - 1], 102, "[SEP] kept at the end after truncation");
         assert!(row[len..].iter().all(|&t| t == 0), "padded with [PAD]");
         assert!((0..4).contains(&b.labels[r]));
@@ -185,7 +214,10 @@ fn bucketing_by_length_is_deterministic_covers_the_epoch_and_cuts_padding() {
     uniq.sort_unstable();
     uniq.dedup();
     assert_eq!(uniq.len(), pos.len());
-    assert!(pad_bucket * 2 < pad_plain, "bucketed padding {pad_bucket} vs {pad_plain}");
+    assert!(
+        pad_bucket * 2 < pad_plain,
+        "bucketed padding {pad_bucket} vs {pad_plain}"
+    );
 }
 
 #[test]
@@ -201,12 +233,17 @@ fn pre_tokenized_rows_match_on_the_fly_tokenization() {
     // Same fingerprint → input_ids are used; no encoder → input_ids as well; compare with text
     // tokenized on the fly by a dataset prepared without ids.
     let dir2 = tempfile::tempdir().expect("tempdir");
-    let raw = Dataset::open(&common::synthetic_dataset(dir2.path(), 300, 32, None)).expect("open raw");
+    let raw =
+        Dataset::open(&common::synthetic_dataset(dir2.path(), 300, 32, None)).expect("open raw");
     let mut a = Loader::new(&ds, None, o.clone(), Cursor::start(7)).expect("ids");
     let mut b = Loader::new(&raw, Some(enc.clone()), o.clone(), Cursor::start(7)).expect("text");
     let mut c = Loader::new(&ds, Some(enc), o, Cursor::start(7)).expect("ids, same tokenizer");
     for _ in 0..10 {
-        let (x, y, z) = (a.next_batch().expect("a"), b.next_batch().expect("b"), c.next_batch().expect("c"));
+        let (x, y, z) = (
+            a.next_batch().expect("a"),
+            b.next_batch().expect("b"),
+            c.next_batch().expect("c"),
+        );
         assert_eq!(x, y);
         assert_eq!(x, z);
     }
@@ -216,15 +253,30 @@ fn pre_tokenized_rows_match_on_the_fly_tokenization() {
 fn invalid_world_and_batch_combinations_are_rejected_with_the_field_named() {
     let Some((_d, ds, enc)) = setup() else { return };
     let mut o = train_opts(5);
-    let err = Loader::new(&ds, Some(enc.clone()), o.clone(), Cursor::start(7)).err().expect("24 % 5 != 0").to_string();
-    assert!(err.contains("data.batch_size") && err.contains("world size 5"), "{err}");
+    let err = Loader::new(&ds, Some(enc.clone()), o.clone(), Cursor::start(7))
+        .err()
+        .expect("24 % 5 != 0")
+        .to_string();
+    assert!(
+        err.contains("data.batch_size") && err.contains("world size 5"),
+        "{err}"
+    );
     o = train_opts(2);
     o.split = "nope".into();
-    let err = Loader::new(&ds, Some(enc.clone()), o, Cursor::start(7)).err().expect("split").to_string();
+    let err = Loader::new(&ds, Some(enc.clone()), o, Cursor::start(7))
+        .err()
+        .expect("split")
+        .to_string();
     assert!(err.contains("\"nope\"") && err.contains("train"), "{err}");
-    let err = Loader::new(&ds, Some(enc.clone()), train_opts(2), Cursor::start(8)).err().expect("seed").to_string();
+    let err = Loader::new(&ds, Some(enc.clone()), train_opts(2), Cursor::start(8))
+        .err()
+        .expect("seed")
+        .to_string();
     assert!(err.contains("seed"), "{err}");
-    let err = Loader::new(&ds, None, train_opts(2), Cursor::start(7)).err().expect("no tokenizer").to_string();
+    let err = Loader::new(&ds, None, train_opts(2), Cursor::start(7))
+        .err()
+        .expect("no tokenizer")
+        .to_string();
     assert!(err.contains("data.tokenizer"), "{err}");
 }
 
@@ -233,7 +285,8 @@ fn dropping_a_loader_mid_epoch_stops_its_thread_promptly() {
     let Some((_d, ds, enc)) = setup() else { return };
     let t = std::time::Instant::now();
     for _ in 0..5 {
-        let mut l = Loader::new(&ds, Some(enc.clone()), train_opts(1), Cursor::start(7)).expect("loader");
+        let mut l =
+            Loader::new(&ds, Some(enc.clone()), train_opts(1), Cursor::start(7)).expect("loader");
         l.next_batch().expect("ok");
     }
     assert!(t.elapsed().as_secs() < 20);

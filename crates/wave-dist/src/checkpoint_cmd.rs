@@ -90,7 +90,12 @@ fn open_at(args: &StepArgs) -> Result<(CheckpointStore, u64)> {
     let store = open(&args.uri)?;
     let step = match args.step {
         Some(step) => step,
-        None => store.latest()?.with_context(|| format!("no committed checkpoint at {} (no `latest` pointer)", args.uri))?,
+        None => store.latest()?.with_context(|| {
+            format!(
+                "no committed checkpoint at {} (no `latest` pointer)",
+                args.uri
+            )
+        })?,
     };
     Ok((store, step))
 }
@@ -98,14 +103,20 @@ fn open_at(args: &StepArgs) -> Result<(CheckpointStore, u64)> {
 fn ls(args: &LsArgs) -> Result<()> {
     let store = open(&args.uri)?;
     let latest = store.latest()?;
-    println!("{:>10}  {:<11}  {:>7}  {:>14}  uri", "step", "state", "objects", "bytes");
+    println!(
+        "{:>10}  {:<11}  {:>7}  {:>14}  uri",
+        "step", "state", "objects", "bytes"
+    );
     for c in store.list()? {
         let state = match (c.committed, Some(c.step) == latest) {
             (true, true) => "latest",
             (true, false) => "committed",
             (false, _) => "unfinished",
         };
-        println!("{:>10}  {state:<11}  {:>7}  {:>14}  {}", c.step, c.objects, c.bytes, c.uri);
+        println!(
+            "{:>10}  {state:<11}  {:>7}  {:>14}  {}",
+            c.step, c.objects, c.bytes, c.uri
+        );
     }
     Ok(())
 }
@@ -113,7 +124,12 @@ fn ls(args: &LsArgs) -> Result<()> {
 fn verify(args: &VerifyArgs) -> Result<()> {
     let (store, steps) = if args.all {
         let store = open(&args.at.uri)?;
-        let steps: Vec<u64> = store.list()?.into_iter().filter(|c| c.committed).map(|c| c.step).collect();
+        let steps: Vec<u64> = store
+            .list()?
+            .into_iter()
+            .filter(|c| c.committed)
+            .map(|c| c.step)
+            .collect();
         if steps.is_empty() {
             bail!("no committed checkpoint at {}", args.at.uri);
         }
@@ -124,7 +140,11 @@ fn verify(args: &VerifyArgs) -> Result<()> {
     };
     for step in steps {
         let m = store.verify(step)?;
-        println!("step {step}: ok ({} objects, {} bytes)", m.objects.len(), m.bytes());
+        println!(
+            "step {step}: ok ({} objects, {} bytes)",
+            m.objects.len(),
+            m.bytes()
+        );
     }
     Ok(())
 }
@@ -132,16 +152,35 @@ fn verify(args: &VerifyArgs) -> Result<()> {
 fn export(args: &ExportArgs) -> Result<()> {
     let (store, step) = open_at(&args.at)?;
     let ckpt = store.load(step)?;
-    let names = || ckpt.objects.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
-    let object = |name: &str| ckpt.object(name).with_context(|| format!("checkpoint step {step} at {} has no {name} (it has: {})", args.at.uri, names()));
+    let names = || {
+        ckpt.objects
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let object = |name: &str| {
+        ckpt.object(name).with_context(|| {
+            format!(
+                "checkpoint step {step} at {} has no {name} (it has: {})",
+                args.at.uri,
+                names()
+            )
+        })
+    };
     let model = object("model.safetensors")?;
-    let config_toml = std::str::from_utf8(object("config.toml")?).context("config.toml is not UTF-8")?;
-    let config_json = model_config_json(config_toml).with_context(|| format!("config.toml of checkpoint step {step} at {}", args.at.uri))?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let config_toml =
+        std::str::from_utf8(object("config.toml")?).context("config.toml is not UTF-8")?;
+    let config_json = model_config_json(config_toml)
+        .with_context(|| format!("config.toml of checkpoint step {step} at {}", args.at.uri))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let model_path = args.out.join("model.safetensors");
     let config_path = args.out.join("config.json");
-    std::fs::write(&model_path, model).with_context(|| format!("writing {}", model_path.display()))?;
-    std::fs::write(&config_path, config_json).with_context(|| format!("writing {}", config_path.display()))?;
+    std::fs::write(&model_path, model)
+        .with_context(|| format!("writing {}", model_path.display()))?;
+    std::fs::write(&config_path, config_json)
+        .with_context(|| format!("writing {}", config_path.display()))?;
     let summary = serde_json::json!({"step": step, "model": model_path, "config": config_path});
     println!("{summary}");
     Ok(())
@@ -163,17 +202,36 @@ mod tests {
 
     #[test]
     fn model_section_becomes_complete_peer_json() {
-        let text = "[model]\nvocab_size = 30522\nd_model = 64\nnum_classes = 2\n\n[train]\nlr = 1e-3\n";
-        let json: serde_json::Value = serde_json::from_str(&model_config_json(text).expect("convert")).expect("json");
+        let text =
+            "[model]\nvocab_size = 30522\nd_model = 64\nnum_classes = 2\n\n[train]\nlr = 1e-3\n";
+        let json: serde_json::Value =
+            serde_json::from_str(&model_config_json(text).expect("convert")).expect("json");
         for key in [
-            "vocab_size", "d_model", "n_layers", "mode", "to_real", "position", "max_positions", "ffn_dim", "dropout", "head", "pooling",
-            "num_classes", "eps",
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "mode",
+            "to_real",
+            "position",
+            "max_positions",
+            "ffn_dim",
+            "dropout",
+            "head",
+            "pooling",
+            "num_classes",
+            "eps",
         ] {
             assert!(json.get(key).is_some(), "config.json lacks {key}: {json}");
         }
-        assert_eq!((json["d_model"].as_u64(), json["mode"].as_str()), (Some(64), Some("modulation")));
+        assert_eq!(
+            (json["d_model"].as_u64(), json["mode"].as_str()),
+            (Some(64), Some("modulation"))
+        );
         assert!(model_config_json("[train]\nlr = 1\n").is_err());
-        assert!(model_config_json("[model]\nd_model = 8\nnum_classes = 2\n").is_err(), "vocab_size 0 is rejected");
+        assert!(
+            model_config_json("[model]\nd_model = 8\nnum_classes = 2\n").is_err(),
+            "vocab_size 0 is rejected"
+        );
     }
 
     #[test]
@@ -187,18 +245,40 @@ mod tests {
                 ("model.safetensors".to_string(), vec![step as u8; 32].into()),
                 ("config.toml".to_string(), config.as_bytes().to_vec().into()),
             ];
-            store.save(step, objects, serde_json::json!({})).expect("save");
+            store
+                .save(step, objects, serde_json::json!({}))
+                .expect("save");
         }
-        let at = |step| StepArgs { uri: uri.clone(), step };
+        let at = |step| StepArgs {
+            uri: uri.clone(),
+            step,
+        };
         let out = dir.path().join("export");
-        run_checkpoint(CheckpointCommand::Export(ExportArgs { at: at(None), out: out.clone() })).expect("export");
-        assert_eq!(std::fs::read(out.join("model.safetensors")).expect("model"), vec![2u8; 32]);
-        let json: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).expect("config")).expect("json");
+        run_checkpoint(CheckpointCommand::Export(ExportArgs {
+            at: at(None),
+            out: out.clone(),
+        }))
+        .expect("export");
+        assert_eq!(
+            std::fs::read(out.join("model.safetensors")).expect("model"),
+            vec![2u8; 32]
+        );
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("config.json")).expect("config"))
+                .expect("json");
         assert_eq!(json["vocab_size"], 100);
         run_checkpoint(CheckpointCommand::Ls(LsArgs { uri: uri.clone() })).expect("ls");
         run_checkpoint(CheckpointCommand::Inspect(at(Some(1)))).expect("inspect");
-        run_checkpoint(CheckpointCommand::Verify(VerifyArgs { at: at(None), all: true })).expect("verify");
-        let err = run_checkpoint(CheckpointCommand::Export(ExportArgs { at: at(Some(7)), out })).expect_err("no step 7");
+        run_checkpoint(CheckpointCommand::Verify(VerifyArgs {
+            at: at(None),
+            all: true,
+        }))
+        .expect("verify");
+        let err = run_checkpoint(CheckpointCommand::Export(ExportArgs {
+            at: at(Some(7)),
+            out,
+        }))
+        .expect_err("no step 7");
         assert!(err.to_string().contains("step 7"), "{err}");
     }
 }

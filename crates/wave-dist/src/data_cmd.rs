@@ -218,7 +218,11 @@ pub fn run_data(cmd: DataCommand) -> Result<()> {
                 r.variant,
                 r.splits.join(","),
                 r.sha256,
-                if r.members_checked.is_empty() { "none".into() } else { r.members_checked.join(", ") }
+                if r.members_checked.is_empty() {
+                    "none".into()
+                } else {
+                    r.members_checked.join(", ")
+                }
             );
             Ok(())
         }
@@ -254,14 +258,20 @@ pub fn run_data(cmd: DataCommand) -> Result<()> {
             o.overwrite = a.overwrite;
             let r = wave_data::prepare(&o).map_err(|e| match &e {
                 wave_data::Error::MissingSplit { available, .. } if !available.is_empty() => {
-                    anyhow::anyhow!("{e}\nhint: prepare only the splits this input holds, e.g. --splits {}", available.join(","))
+                    anyhow::anyhow!(
+                        "{e}\nhint: prepare only the splits this input holds, e.g. --splits {}",
+                        available.join(",")
+                    )
                 }
                 _ => anyhow::Error::new(e),
             })?;
             for (name, s) in &r.manifest.splits {
                 println!("{name}: {} rows in {} shards", s.rows, s.shards.len());
             }
-            println!("wrote {}/manifest.json (fingerprint {})", r.uri, r.manifest.fingerprint);
+            println!(
+                "wrote {}/manifest.json (fingerprint {})",
+                r.uri, r.manifest.fingerprint
+            );
             Ok(())
         }
         DataCommand::Inspect(a) => {

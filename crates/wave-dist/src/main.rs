@@ -160,7 +160,12 @@ fn train(args: TrainArgs) -> Result<()> {
 fn eval(args: EvalArgs) -> Result<()> {
     let (config, weights) = match (&args.run, &args.config) {
         (Some(run), _) => (run.join("config.toml"), run.join("model.safetensors")),
-        (None, Some(config)) => (config.clone(), args.weights.clone().context("--weights is required with --config")?),
+        (None, Some(config)) => (
+            config.clone(),
+            args.weights
+                .clone()
+                .context("--weights is required with --config")?,
+        ),
         (None, None) => bail!("give --run DIR, or --config FILE --weights FILE"),
     };
     let mut overrides = args.overrides.clone();
@@ -168,10 +173,14 @@ fn eval(args: EvalArgs) -> Result<()> {
         overrides.push(format!("train.device=\"{device}\""));
     }
     let cfg = JobConfig::load(&config, &overrides)?;
-    let split = args.split.clone().unwrap_or_else(|| cfg.data.eval_split.clone());
+    let split = args
+        .split
+        .clone()
+        .unwrap_or_else(|| cfg.data.eval_split.clone());
     if let Some(path) = &args.dump_logits {
         let dump = wave_train::logits_of_run(&cfg, &weights, &split, args.dump_rows)?;
-        std::fs::write(path, serde_json::to_vec(&dump)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec(&dump)?)
+            .with_context(|| format!("writing {}", path.display()))?;
         return Ok(());
     }
     let (result, params) = wave_train::evaluate_run(&cfg, &weights, &split)?;

@@ -14,30 +14,48 @@ const MINIMAL: &str = "[data]\nuri = \"/nonexistent/wave-data\"\n";
 
 #[test]
 fn a_missing_config_file_is_named() {
-    fails_naming(&wave_dist(&["train", "--config", "/nonexistent/job.toml"]), &["/nonexistent/job.toml"]);
+    fails_naming(
+        &wave_dist(&["train", "--config", "/nonexistent/job.toml"]),
+        &["/nonexistent/job.toml"],
+    );
 }
 
 #[test]
 fn an_unknown_key_is_named_with_its_section() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = write_config(tmp.path(), &format!("{MINIMAL}[model]\nd_modle = 64\n"));
-    fails_naming(&wave_dist(&["train", "--config", &cfg]), &["model", "d_modle"]);
+    fails_naming(
+        &wave_dist(&["train", "--config", &cfg]),
+        &["model", "d_modle"],
+    );
     let cfg = write_config(tmp.path(), MINIMAL);
-    fails_naming(&wave_dist(&["train", "--config", &cfg, "--set", "train.epoch=3"]), &["train", "epoch"]);
+    fails_naming(
+        &wave_dist(&["train", "--config", &cfg, "--set", "train.epoch=3"]),
+        &["train", "epoch"],
+    );
 }
 
 #[test]
 fn a_value_of_the_wrong_type_is_named() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let cfg = write_config(tmp.path(), &format!("{MINIMAL}[train]\nmax_steps = \"ten\"\n"));
-    fails_naming(&wave_dist(&["train", "--config", &cfg]), &["train.max_steps"]);
+    let cfg = write_config(
+        tmp.path(),
+        &format!("{MINIMAL}[train]\nmax_steps = \"ten\"\n"),
+    );
+    fails_naming(
+        &wave_dist(&["train", "--config", &cfg]),
+        &["train.max_steps"],
+    );
 }
 
 #[test]
 fn a_zero_batch_size_is_rejected() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = write_config(tmp.path(), MINIMAL);
-    fails_naming(&wave_dist(&["train", "--config", &cfg, "--set", "data.batch_size=0"]), &["data.batch_size"]);
+    fails_naming(
+        &wave_dist(&["train", "--config", &cfg, "--set", "data.batch_size=0"]),
+        &["data.batch_size"],
+    );
 }
 
 #[test]
@@ -45,7 +63,13 @@ fn an_unknown_mode_is_rejected_with_the_valid_ones() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = write_config(tmp.path(), MINIMAL);
     fails_naming(
-        &wave_dist(&["train", "--config", &cfg, "--set", "model.mode=\"superposition\""]),
+        &wave_dist(&[
+            "train",
+            "--config",
+            &cfg,
+            "--set",
+            "model.mode=\"superposition\"",
+        ]),
         &["model.mode", "superposition", "interference", "modulation"],
     );
 }
@@ -54,20 +78,29 @@ fn an_unknown_mode_is_rejected_with_the_valid_ones() {
 fn an_unknown_device_is_rejected() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = write_config(tmp.path(), MINIMAL);
-    fails_naming(&wave_dist(&["train", "--config", &cfg, "--device", "tpu"]), &["train.device", "tpu"]);
+    fails_naming(
+        &wave_dist(&["train", "--config", &cfg, "--device", "tpu"]),
+        &["train.device", "tpu"],
+    );
 }
 
 #[test]
 fn unreadable_data_is_named() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = write_config(tmp.path(), MINIMAL);
-    fails_naming(&wave_dist(&["train", "--config", &cfg]), &["/nonexistent/wave-data"]);
+    fails_naming(
+        &wave_dist(&["train", "--config", &cfg]),
+        &["/nonexistent/wave-data"],
+    );
     // A manifest that is not JSON.
     let data = tmp.path().join("broken");
     std::fs::create_dir_all(&data).expect("mkdir");
     std::fs::write(data.join("manifest.json"), "{ not json").expect("write");
     let set = format!("data.uri={:?}", data.to_str().expect("utf-8"));
-    fails_naming(&wave_dist(&["train", "--config", &cfg, "--set", &set]), &["manifest.json"]);
+    fails_naming(
+        &wave_dist(&["train", "--config", &cfg, "--set", &set]),
+        &["manifest.json"],
+    );
 }
 
 #[test]
@@ -90,12 +123,26 @@ fn every_subcommand_documents_its_options() {
 fn an_unknown_backend_is_rejected_with_the_valid_ones() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = write_config(tmp.path(), MINIMAL);
-    fails_naming(&wave_dist(&["train", "--config", &cfg, "--backend", "gloo"]), &["comm", "gloo"]);
+    fails_naming(
+        &wave_dist(&["train", "--config", &cfg, "--backend", "gloo"]),
+        &["comm", "gloo"],
+    );
 }
 
 #[test]
 fn a_rank_outside_the_world_is_rejected_naming_the_flags() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = write_config(tmp.path(), MINIMAL);
-    fails_naming(&wave_dist(&["train", "--config", &cfg, "--rank", "3", "--world-size", "2"]), &["WAVE_RANK"]);
+    fails_naming(
+        &wave_dist(&[
+            "train",
+            "--config",
+            &cfg,
+            "--rank",
+            "3",
+            "--world-size",
+            "2",
+        ]),
+        &["WAVE_RANK"],
+    );
 }

@@ -10,10 +10,23 @@ fn fetch_takes_the_archive_from_a_mirror_and_checks_its_checksum() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().to_str().expect("utf-8");
     let mirror = data.join("mirror");
-    let stdout = ok(&wave_dist(&["data", "fetch", "imdb", "--mirror", mirror.to_str().expect("utf-8"), "--out", out]));
+    let stdout = ok(&wave_dist(&[
+        "data",
+        "fetch",
+        "imdb",
+        "--mirror",
+        mirror.to_str().expect("utf-8"),
+        "--out",
+        out,
+    ]));
     assert!(stdout.contains("sha256"), "{stdout}");
     let fetched = std::fs::read(tmp.path().join("aclImdb_v1.tar.gz")).expect("archive copied");
-    assert_eq!(fetched.len() as u64, std::fs::metadata(mirror.join("aclImdb_v1.tar.gz")).expect("mirror").len());
+    assert_eq!(
+        fetched.len() as u64,
+        std::fs::metadata(mirror.join("aclImdb_v1.tar.gz"))
+            .expect("mirror")
+            .len()
+    );
 }
 
 #[test]
@@ -54,15 +67,28 @@ fn preparing_the_agnews_mirror_says_its_train_split_is_missing_and_writes_nothin
         out.to_str().expect("utf-8"),
     ]);
     fails_naming(&result, &["train", "ag_news_csv.tgz", "--splits test"]);
-    assert!(!out.join("manifest.json").exists(), "no manifest may be left behind");
+    assert!(
+        !out.join("manifest.json").exists(),
+        "no manifest may be left behind"
+    );
 }
 
 #[test]
 fn inspect_summarises_a_prepared_data_set_and_verifies_its_shards() {
-    let Some(prepared) = agnews_test_split() else { return };
-    let stdout = ok(&wave_dist(&["data", "inspect", prepared.to_str().expect("utf-8"), "--verify"]));
+    let Some(prepared) = agnews_test_split() else {
+        return;
+    };
+    let stdout = ok(&wave_dist(&[
+        "data",
+        "inspect",
+        prepared.to_str().expect("utf-8"),
+        "--verify",
+    ]));
     for needle in ["7600", "test", "Sci/Tech"] {
-        assert!(stdout.contains(needle), "inspect output should mention {needle}:\n{stdout}");
+        assert!(
+            stdout.contains(needle),
+            "inspect output should mention {needle}:\n{stdout}"
+        );
     }
 }
 
@@ -100,7 +126,8 @@ fn tokenizer_train_writes_a_tokenizer_that_prepare_can_use() {
         "64",
     ]));
     let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).expect("manifest")).expect("json");
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).expect("manifest"))
+            .expect("json");
     assert_eq!(manifest["tokenizer"]["vocab_size"], 2000);
     assert_eq!(manifest["pack_length"], 64);
 }

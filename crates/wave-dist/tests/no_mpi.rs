@@ -16,7 +16,9 @@ fn a_build_without_the_mpi_feature_links_no_mpi_library_and_trains_as_one_proces
         eprintln!("SKIP: {msg}");
         return;
     };
-    let Some(data) = agnews_test_split() else { return };
+    let Some(data) = agnews_test_split() else {
+        return;
+    };
     let ldd = Command::new("ldd").arg(&bin).output().expect("ldd");
     let libs = String::from_utf8_lossy(&ldd.stdout);
     for mpi_lib in ["libmpi", "libopen-rte", "libopen-pal"] {
@@ -28,7 +30,10 @@ fn a_build_without_the_mpi_feature_links_no_mpi_library_and_trains_as_one_proces
         .args(["train", "--config", "configs/smoke.toml", "--set"])
         .arg(format!("data.uri={:?}", data.to_str().expect("utf-8")))
         .arg("--set")
-        .arg(format!("train.run_dir={:?}", tmp.path().to_str().expect("utf-8")))
+        .arg(format!(
+            "train.run_dir={:?}",
+            tmp.path().to_str().expect("utf-8")
+        ))
         .args(["--set", "train.max_steps=5"])
         .output()
         .expect("run");

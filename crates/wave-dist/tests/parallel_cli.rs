@@ -10,9 +10,15 @@ use common::*;
 
 /// `mpirun` if it is installed; otherwise skip (or fail under `CI=true`).
 fn mpirun_available() -> bool {
-    let ok = Command::new("mpirun").arg("--version").output().is_ok_and(|o| o.status.success());
+    let ok = Command::new("mpirun")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !ok {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "mpirun is missing (install openmpi-bin)");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "mpirun is missing (install openmpi-bin)"
+        );
         eprintln!("SKIP: mpirun is missing (install openmpi-bin)");
     }
     ok
@@ -30,7 +36,11 @@ fn mpirun() -> Command {
 
 /// Smoke-config arguments for 30 steps without dropout, logging every step.
 fn job(data: &Path, run_dir: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = vec!["train".into(), "--config".into(), "configs/smoke.toml".into()];
+    let mut args: Vec<String> = vec![
+        "train".into(),
+        "--config".into(),
+        "configs/smoke.toml".into(),
+    ];
     let sets = [
         format!("data.uri={:?}", data.to_str().expect("utf-8")),
         format!("train.run_dir={:?}", run_dir.to_str().expect("utf-8")),
@@ -54,14 +64,18 @@ fn weights(run_dir: &Path) -> Vec<(String, tch::Tensor)> {
 
 #[test]
 fn training_on_2_and_4_ranks_matches_one_process_with_the_same_global_batch() {
-    let Some(data) = agnews_test_split() else { return };
+    let Some(data) = agnews_test_split() else {
+        return;
+    };
     if !mpirun_available() {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
     let single = tmp.path().join("single");
     let args = job(data, &single, &[]);
-    ok(&wave_dist(&args.iter().map(String::as_str).collect::<Vec<_>>()));
+    ok(&wave_dist(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
     let reference = train_losses(&single);
     assert_eq!(reference.len(), 30);
 
@@ -74,20 +88,32 @@ fn training_on_2_and_4_ranks_matches_one_process_with_the_same_global_batch() {
             .expect("mpirun");
         ok(&out);
         let losses = train_losses(&run);
-        assert_eq!(losses.len(), 30, "{ranks} ranks: one loss line per step from rank 0 only");
+        assert_eq!(
+            losses.len(),
+            30,
+            "{ranks} ranks: one loss line per step from rank 0 only"
+        );
         for ((step, a), (_, b)) in reference.iter().zip(&losses) {
-            assert!((a - b).abs() <= 1e-4 * a.abs(), "{ranks} ranks, step {step}: loss {b} vs {a} in one process");
+            assert!(
+                (a - b).abs() <= 1e-4 * a.abs(),
+                "{ranks} ranks, step {step}: loss {b} vs {a} in one process"
+            );
         }
         for ((name, a), (_, b)) in weights(&single).iter().zip(weights(&run)) {
             let diff = (a - &b).abs().max().double_value(&[]);
-            assert!(diff <= 1e-4, "{ranks} ranks: parameter {name} differs by {diff}");
+            assert!(
+                diff <= 1e-4,
+                "{ranks} ranks: parameter {name} differs by {diff}"
+            );
         }
     }
 }
 
 #[test]
 fn a_rank_with_a_different_config_stops_every_rank_naming_the_key() {
-    let Some(data) = agnews_test_split() else { return };
+    let Some(data) = agnews_test_split() else {
+        return;
+    };
     if !mpirun_available() {
         return;
     }
@@ -104,9 +130,16 @@ fn a_rank_with_a_different_config_stops_every_rank_naming_the_key() {
         .args(job(data, &run, &["train.lr=0.002"]))
         .output()
         .expect("mpirun");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!out.status.success(), "the job must fail:\n{text}");
-    assert!(text.contains("train.lr"), "the message names the differing key:\n{text}");
+    assert!(
+        text.contains("train.lr"),
+        "the message names the differing key:\n{text}"
+    );
     assert!(!text.contains("panicked"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(60));
     assert!(!run.join("metrics.jsonl").exists(), "no step may run");
@@ -114,7 +147,9 @@ fn a_rank_with_a_different_config_stops_every_rank_naming_the_key() {
 
 #[test]
 fn killing_one_rank_ends_every_rank_within_60_s_naming_it() {
-    let Some(data) = agnews_test_split() else { return };
+    let Some(data) = agnews_test_split() else {
+        return;
+    };
     if !mpirun_available() {
         return;
     }
@@ -122,7 +157,11 @@ fn killing_one_rank_ends_every_rank_within_60_s_naming_it() {
     let run = tmp.path().join("killed-run");
     let child = mpirun()
         .args(["-n", "2", env!("CARGO_BIN_EXE_wave-dist")])
-        .args(job(data, &run, &["train.max_steps=100000", "train.log_every_steps=10"]))
+        .args(job(
+            data,
+            &run,
+            &["train.max_steps=100000", "train.log_every_steps=10"],
+        ))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -133,21 +172,37 @@ fn killing_one_rank_ends_every_rank_within_60_s_naming_it() {
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_millis(500));
-    let pgrep = Command::new("pgrep").args(["-f", run.to_str().expect("utf-8")]).output().expect("pgrep");
+    let pgrep = Command::new("pgrep")
+        .args(["-f", run.to_str().expect("utf-8")])
+        .output()
+        .expect("pgrep");
     let pids: Vec<String> = String::from_utf8_lossy(&pgrep.stdout)
         .lines()
         .map(str::to_string)
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "wave-dist")
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "wave-dist")
         })
         .collect();
     assert_eq!(pids.len(), 2, "two ranks running: {pids:?}");
     let victim = pids.last().expect("a rank");
     let killed_at = Instant::now();
-    assert!(Command::new("kill").args(["-9", victim]).status().expect("kill").success());
+    assert!(Command::new("kill")
+        .args(["-9", victim])
+        .status()
+        .expect("kill")
+        .success());
     let out: Output = child.wait_with_output().expect("mpirun ends");
-    assert!(killed_at.elapsed() < Duration::from_secs(60), "took {:?}", killed_at.elapsed());
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        killed_at.elapsed()
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!out.status.success(), "the job must fail:\n{text}");
     assert!(text.contains("rank"), "the message names the rank:\n{text}");
     for pid in &pids {

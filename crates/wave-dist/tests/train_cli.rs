@@ -20,14 +20,20 @@ fn smoke_args<'a>(data: &'a str, run_dir: &'a str, extra: &[&'a str]) -> Vec<Str
 }
 
 fn train(data: &std::path::Path, run_dir: &std::path::Path, extra: &[&str]) -> String {
-    let args = smoke_args(data.to_str().expect("utf-8"), run_dir.to_str().expect("utf-8"), extra);
+    let args = smoke_args(
+        data.to_str().expect("utf-8"),
+        run_dir.to_str().expect("utf-8"),
+        extra,
+    );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     ok(&wave_dist(&args))
 }
 
 #[test]
 fn smoke_run_prints_a_complete_summary_and_repeats_exactly_with_the_same_seed() {
-    let Some(data) = agnews_test_split() else { return };
+    let Some(data) = agnews_test_split() else {
+        return;
+    };
     let tmp = tempfile::tempdir().expect("tempdir");
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let first = summary(&train(data, &a, &[]));
@@ -36,7 +42,12 @@ fn smoke_run_prints_a_complete_summary_and_repeats_exactly_with_the_same_seed() 
     assert_eq!(first["event"], "summary");
     assert_eq!(first["steps"], 40);
     for key in ["final_loss", "train_samples_per_s", "peak_rss_mb"] {
-        assert!(first[key].as_f64().is_some_and(|v| v.is_finite() && v > 0.0), "{key}: {first}");
+        assert!(
+            first[key]
+                .as_f64()
+                .is_some_and(|v| v.is_finite() && v > 0.0),
+            "{key}: {first}"
+        );
     }
     let accuracy = first["eval"]["accuracy"].as_f64().expect("accuracy");
     assert!((0.0..=1.0).contains(&accuracy) && first["eval"]["loss"].as_f64().is_some());
@@ -50,27 +61,50 @@ fn smoke_run_prints_a_complete_summary_and_repeats_exactly_with_the_same_seed() 
 
     let other = tmp.path().join("c");
     train(data, &other, &["train.seed=99"]);
-    assert_ne!(train_losses(&other), la, "a different seed must change the run");
+    assert_ne!(
+        train_losses(&other),
+        la,
+        "a different seed must change the run"
+    );
 }
 
 #[test]
 fn gradient_accumulation_learns_what_the_full_batch_learns() {
-    let Some(data) = agnews_test_split() else { return };
+    let Some(data) = agnews_test_split() else {
+        return;
+    };
     let tmp = tempfile::tempdir().expect("tempdir");
     let (whole, split) = (tmp.path().join("whole"), tmp.path().join("split"));
     // No dropout: micro-batches draw their masks separately, which is the only intended difference.
     train(data, &whole, &["model.dropout=0.0", "train.max_steps=20"]);
-    train(data, &split, &["model.dropout=0.0", "train.max_steps=20", "train.grad_accum_steps=4"]);
+    train(
+        data,
+        &split,
+        &[
+            "model.dropout=0.0",
+            "train.max_steps=20",
+            "train.grad_accum_steps=4",
+        ],
+    );
     for ((step, a), (_, b)) in train_losses(&whole).into_iter().zip(train_losses(&split)) {
-        assert!((a - b).abs() <= 1e-4 * a.abs(), "step {step}: loss {a} (whole batch) vs {b} (4 micro-batches)");
+        assert!(
+            (a - b).abs() <= 1e-4 * a.abs(),
+            "step {step}: loss {a} (whole batch) vs {b} (4 micro-batches)"
+        );
     }
 }
 
 #[test]
 fn training_lowers_the_loss() {
-    let Some(data) = agnews_test_split() else { return };
+    let Some(data) = agnews_test_split() else {
+        return;
+    };
     let tmp = tempfile::tempdir().expect("tempdir");
-    train(data, tmp.path(), &["train.max_steps=120", "train.eval_every_steps=0"]);
+    train(
+        data,
+        tmp.path(),
+        &["train.max_steps=120", "train.eval_every_steps=0"],
+    );
     let losses = train_losses(tmp.path());
     let (first, last) = (losses[0].1, losses[losses.len() - 1].1);
     assert!(last < first * 0.8, "loss went from {first} to {last}");
@@ -78,7 +112,9 @@ fn training_lowers_the_loss() {
 
 #[test]
 fn resuming_from_a_checkpoint_continues_the_uninterrupted_trajectory_exactly() {
-    let Some(data) = agnews_test_split() else { return };
+    let Some(data) = agnews_test_split() else {
+        return;
+    };
     let tmp = tempfile::tempdir().expect("tempdir");
     let (full, resumed) = (tmp.path().join("full"), tmp.path().join("resumed"));
     let ckpt = tmp.path().join("ckpt");
@@ -86,22 +122,46 @@ fn resuming_from_a_checkpoint_continues_the_uninterrupted_trajectory_exactly() {
     // The uninterrupted run leaves a checkpoint at step 20 (every_steps = 20 in the smoke config).
     let uninterrupted = summary(&train(data, &full, &[&ckpt_set, "checkpoint.keep_last=0"]));
     assert!(ckpt.join("step-00000020").is_dir() && ckpt.join("step-00000040").is_dir());
-    let again = summary(&train(data, &resumed, &[&ckpt_set, "train.resume=20", "checkpoint.keep_last=0"]));
+    let again = summary(&train(
+        data,
+        &resumed,
+        &[&ckpt_set, "train.resume=20", "checkpoint.keep_last=0"],
+    ));
 
-    let tail: Vec<(u64, f64)> = train_losses(&full).into_iter().filter(|(s, _)| *s > 20).collect();
-    assert_eq!(train_losses(&resumed), tail, "losses after the resume point must be bit-identical");
+    let tail: Vec<(u64, f64)> = train_losses(&full)
+        .into_iter()
+        .filter(|(s, _)| *s > 20)
+        .collect();
+    assert_eq!(
+        train_losses(&resumed),
+        tail,
+        "losses after the resume point must be bit-identical"
+    );
     assert_eq!(uninterrupted["eval"], again["eval"]);
-    let (wa, wb) = (std::fs::read(full.join("model.safetensors")), std::fs::read(resumed.join("model.safetensors")));
-    assert_eq!(wa.expect("weights"), wb.expect("weights"), "final parameters must be bit-identical");
+    let (wa, wb) = (
+        std::fs::read(full.join("model.safetensors")),
+        std::fs::read(resumed.join("model.safetensors")),
+    );
+    assert_eq!(
+        wa.expect("weights"),
+        wb.expect("weights"),
+        "final parameters must be bit-identical"
+    );
 }
 
 #[test]
 fn resume_refuses_a_checkpoint_of_a_different_model() {
-    let Some(data) = agnews_test_split() else { return };
+    let Some(data) = agnews_test_split() else {
+        return;
+    };
     let tmp = tempfile::tempdir().expect("tempdir");
     let ckpt = tmp.path().join("ckpt");
     let ckpt_set = format!("checkpoint.uri={:?}", ckpt.to_str().expect("utf-8"));
-    train(data, &tmp.path().join("a"), &[&ckpt_set, "train.max_steps=5"]);
+    train(
+        data,
+        &tmp.path().join("a"),
+        &[&ckpt_set, "train.max_steps=5"],
+    );
     let args = smoke_args(
         data.to_str().expect("utf-8"),
         tmp.path().join("b").to_str().expect("utf-8"),
@@ -113,10 +173,16 @@ fn resume_refuses_a_checkpoint_of_a_different_model() {
 
 #[test]
 fn eval_of_a_finished_run_reproduces_its_final_evaluation() {
-    let Some(data) = agnews_test_split() else { return };
+    let Some(data) = agnews_test_split() else {
+        return;
+    };
     let tmp = tempfile::tempdir().expect("tempdir");
     let run = summary(&train(data, tmp.path(), &["train.max_steps=10"]));
-    let out = ok(&wave_dist(&["eval", "--run", tmp.path().to_str().expect("utf-8")]));
+    let out = ok(&wave_dist(&[
+        "eval",
+        "--run",
+        tmp.path().to_str().expect("utf-8"),
+    ]));
     let eval = summary(&out);
     assert_eq!(eval["accuracy"], run["eval"]["accuracy"]);
     assert_eq!(eval["samples"], run["eval"]["samples"]);
@@ -124,7 +190,9 @@ fn eval_of_a_finished_run_reproduces_its_final_evaluation() {
 
 #[test]
 fn plot_writes_loss_accuracy_and_throughput_pngs() {
-    let Some(data) = agnews_test_split() else { return };
+    let Some(data) = agnews_test_split() else {
+        return;
+    };
     let tmp = tempfile::tempdir().expect("tempdir");
     train(data, tmp.path(), &["train.max_steps=20"]);
     ok(&wave_dist(&["plot", tmp.path().to_str().expect("utf-8")]));

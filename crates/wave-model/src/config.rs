@@ -117,7 +117,10 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |field: &'static str, reason: String| Err(Error::InvalidConfig { field, reason });
         if self.vocab_size == 0 {
-            return bad("vocab_size", "must be > 0 (set it or let the tokenizer provide it)".into());
+            return bad(
+                "vocab_size",
+                "must be > 0 (set it or let the tokenizer provide it)".into(),
+            );
         }
         if self.d_model == 0 {
             return bad("d_model", "must be > 0".into());
@@ -129,15 +132,27 @@ impl ModelConfig {
             return bad("max_positions", "must be > 0".into());
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return bad("dropout", format!("must be in [0, 1), got {}", self.dropout));
+            return bad(
+                "dropout",
+                format!("must be in [0, 1), got {}", self.dropout),
+            );
         }
         if !(self.eps > 0.0 && self.eps.is_finite()) {
-            return bad("eps", format!("must be a positive number, got {}", self.eps));
+            return bad(
+                "eps",
+                format!("must be a positive number, got {}", self.eps),
+            );
         }
         if self.head == Head::Classification && self.num_classes < 2 {
-            return bad("num_classes", format!("a classifier needs >= 2 classes, got {}", self.num_classes));
+            return bad(
+                "num_classes",
+                format!("a classifier needs >= 2 classes, got {}", self.num_classes),
+            );
         }
-        if self.head != Head::Classification && self.to_real == ToReal::Magnitude && self.mode == Mode::Modulation {
+        if self.head != Head::Classification
+            && self.to_real == ToReal::Magnitude
+            && self.mode == Mode::Modulation
+        {
             return bad(
                 "to_real",
                 "`magnitude` after `modulation` is the same for every token; token heads need `concat`".into(),

@@ -35,7 +35,10 @@ impl ModelConfig {
                 PositionEncoding::None | PositionEncoding::Sinusoidal => 0,
             };
         let non_embedding = self.n_layers * layer + head;
-        ParamCounts { total: embedding + non_embedding, non_embedding }
+        ParamCounts {
+            total: embedding + non_embedding,
+            non_embedding,
+        }
     }
 
     /// Approximate training FLOPs per token (forward + backward = 3x the forward's

@@ -34,7 +34,7 @@ mod error;
 mod network;
 pub mod wave;
 
-pub use config::{Head, ModelConfig, Mode, Pooling, PositionEncoding, ToReal};
+pub use config::{Head, Mode, ModelConfig, Pooling, PositionEncoding, ToReal};
 pub use counts::ParamCounts;
 pub use error::Error;
 pub use network::WaveNetwork;

@@ -4,7 +4,7 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use crate::wave::{combine, imaginary_part, modulation_magnitude};
-use crate::{Error, Head, ModelConfig, Mode, Pooling, PositionEncoding, ToReal};
+use crate::{Error, Head, Mode, ModelConfig, Pooling, PositionEncoding, ToReal};
 
 /// One wave layer: two projections → complex representation → combination → real features →
 /// `LayerNorm(h + FFN(h))`.
@@ -54,7 +54,9 @@ impl WaveLayer {
         let (re, im) = combine(cfg.mode, &u, &s_u, &v, &s_v);
         let h = match &self.to_real {
             Some(linear) => linear.forward(&Tensor::cat(&[re, im], -1).to_kind(x.kind())),
-            None => (re.square() + im.square() + cfg.eps).sqrt().to_kind(x.kind()),
+            None => (re.square() + im.square() + cfg.eps)
+                .sqrt()
+                .to_kind(x.kind()),
         };
         let ffn = self.ffn_out.forward(&self.ffn_in.forward(&h).gelu("none"));
         self.norm.forward(&(h + ffn))
@@ -84,7 +86,11 @@ enum Position {
 enum OutputHead {
     Classifier(nn::Linear),
     /// Transform, then logits against the (tied) token embedding plus a bias.
-    Tokens { transform: nn::Linear, norm: nn::LayerNorm, bias: Tensor },
+    Tokens {
+        transform: nn::Linear,
+        norm: nn::LayerNorm,
+        bias: Tensor,
+    },
 }
 
 /// A Wave Network: embedding, position encoding, stacked wave layers, one head.
@@ -103,22 +109,37 @@ impl WaveNetwork {
         cfg.validate()?;
         let d = cfg.d_model as i64;
         // PyTorch's nn.Embedding default init, N(0, 1), so the Python peer in bench/ matches.
-        let emb_cfg = nn::EmbeddingConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: 1.0 }, ..Default::default() };
-        let token_embedding = nn::embedding(p / "token_embedding", cfg.vocab_size as i64, d, emb_cfg);
+        let emb_cfg = nn::EmbeddingConfig {
+            ws_init: nn::Init::Randn {
+                mean: 0.0,
+                stdev: 1.0,
+            },
+            ..Default::default()
+        };
+        let token_embedding =
+            nn::embedding(p / "token_embedding", cfg.vocab_size as i64, d, emb_cfg);
         let position = match cfg.position {
             PositionEncoding::None => Position::None,
-            PositionEncoding::Learned => {
-                Position::Learned(nn::embedding(p / "position_embedding", cfg.max_positions as i64, d, emb_cfg))
-            }
+            PositionEncoding::Learned => Position::Learned(nn::embedding(
+                p / "position_embedding",
+                cfg.max_positions as i64,
+                d,
+                emb_cfg,
+            )),
             PositionEncoding::Sinusoidal => {
                 Position::Sinusoidal(sinusoidal_table(cfg.max_positions as i64, d, p.device()))
             }
         };
-        let layers = (0..cfg.n_layers).map(|i| WaveLayer::new(&(p / "layers" / i), cfg)).collect();
+        let layers = (0..cfg.n_layers)
+            .map(|i| WaveLayer::new(&(p / "layers" / i), cfg))
+            .collect();
         let head = match cfg.head {
-            Head::Classification => {
-                OutputHead::Classifier(nn::linear(p / "classifier", d, cfg.num_classes as i64, Default::default()))
-            }
+            Head::Classification => OutputHead::Classifier(nn::linear(
+                p / "classifier",
+                d,
+                cfg.num_classes as i64,
+                Default::default(),
+            )),
             Head::MaskedLm | Head::CausalLm => {
                 let hp = p / "lm_head";
                 OutputHead::Tokens {
@@ -128,7 +149,13 @@ impl WaveNetwork {
                 }
             }
         };
-        Ok(WaveNetwork { cfg: cfg.clone(), token_embedding, position, layers, head })
+        Ok(WaveNetwork {
+            cfg: cfg.clone(),
+            token_embedding,
+            position,
+            layers,
+            head,
+        })
     }
 
     /// The configuration the network was built from.
@@ -139,9 +166,12 @@ impl WaveNetwork {
     fn check_inputs(&self, ids: &Tensor, mask: &Tensor) -> Result<(), Error> {
         let (shape, mshape) = (ids.size(), mask.size());
         if shape.len() != 2 || shape != mshape {
-            return Err(Error::BadInput(format!("ids {shape:?} and mask {mshape:?} must both be (batch, tokens)")));
+            return Err(Error::BadInput(format!(
+                "ids {shape:?} and mask {mshape:?} must both be (batch, tokens)"
+            )));
         }
-        if self.cfg.position != PositionEncoding::None && shape[1] as usize > self.cfg.max_positions {
+        if self.cfg.position != PositionEncoding::None && shape[1] as usize > self.cfg.max_positions
+        {
             return Err(Error::BadInput(format!(
                 "{} tokens exceed model.max_positions = {}",
                 shape[1], self.cfg.max_positions
@@ -158,7 +188,9 @@ impl WaveNetwork {
         match &self.position {
             Position::None => {}
             Position::Learned(table) => {
-                x = x + table.forward(&Tensor::arange(t, (Kind::Int64, ids.device()))).unsqueeze(0)
+                x = x + table
+                    .forward(&Tensor::arange(t, (Kind::Int64, ids.device())))
+                    .unsqueeze(0)
             }
             Position::Sinusoidal(table) => {
                 let kind = x.kind();
@@ -168,7 +200,11 @@ impl WaveNetwork {
         let m = mask.to_kind(x.kind()).unsqueeze(-1);
         x = x * &m;
         for layer in &self.layers {
-            x = (&x + layer.forward(&x, &m, &self.cfg).dropout(self.cfg.dropout, train)) * &m;
+            x = (&x
+                + layer
+                    .forward(&x, &m, &self.cfg)
+                    .dropout(self.cfg.dropout, train))
+                * &m;
         }
         Ok(x)
     }
@@ -179,7 +215,9 @@ impl WaveNetwork {
             Pooling::First => features.select(1, 0),
             Pooling::Mean => {
                 let m = mask.to_kind(features.kind()).unsqueeze(-1);
-                let count = m.sum_dim_intlist(&[1i64][..], false, None::<Kind>).clamp_min(1.0);
+                let count = m
+                    .sum_dim_intlist(&[1i64][..], false, None::<Kind>)
+                    .clamp_min(1.0);
                 (features * m).sum_dim_intlist(&[1i64][..], false, None::<Kind>) / count
             }
         }
@@ -188,7 +226,9 @@ impl WaveNetwork {
     /// Class logits `(B, C)`. Errors if the network has no classification head.
     pub fn classify(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor, Error> {
         let OutputHead::Classifier(classifier) = &self.head else {
-            return Err(Error::BadInput("classify() needs model.head = \"classification\"".into()));
+            return Err(Error::BadInput(
+                "classify() needs model.head = \"classification\"".into(),
+            ));
         };
         let pooled = self.pool(&self.encode(ids, mask, train)?, mask);
         Ok(classifier.forward(&pooled.dropout(self.cfg.dropout, train)))
@@ -196,10 +236,21 @@ impl WaveNetwork {
 
     /// Vocabulary logits `(B, T, V)` from the head tied to the token embedding.
     pub fn token_logits(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor, Error> {
-        let OutputHead::Tokens { transform, norm, bias } = &self.head else {
-            return Err(Error::BadInput("token_logits() needs a masked_lm or causal_lm head".into()));
+        let OutputHead::Tokens {
+            transform,
+            norm,
+            bias,
+        } = &self.head
+        else {
+            return Err(Error::BadInput(
+                "token_logits() needs a masked_lm or causal_lm head".into(),
+            ));
         };
-        let h = norm.forward(&transform.forward(&self.encode(ids, mask, train)?).gelu("none"));
+        let h = norm.forward(
+            &transform
+                .forward(&self.encode(ids, mask, train)?)
+                .gelu("none"),
+        );
         Ok(h.matmul(&self.token_embedding.ws.tr()) + bias)
     }
 }

@@ -51,6 +51,11 @@ pub fn combine(mode: Mode, u: &Tensor, s_u: &Tensor, v: &Tensor, s_v: &Tensor) -
 /// `u`, `v`: `(B, T, D)`, masked. Equal to the general path up to rounding (tested).
 pub fn modulation_magnitude(u: &Tensor, v: &Tensor, eps: f64) -> Tensor {
     let kind = block_kind(u.kind());
-    let energy = |t: &Tensor| t.to_kind(kind).square().sum_dim_intlist(&[1i64][..], true, None::<Kind>) + eps;
+    let energy = |t: &Tensor| {
+        t.to_kind(kind)
+            .square()
+            .sum_dim_intlist(&[1i64][..], true, None::<Kind>)
+            + eps
+    };
     (energy(u) * energy(v) + eps).sqrt()
 }

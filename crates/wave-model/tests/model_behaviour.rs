@@ -2,7 +2,7 @@
 
 use tch::{nn, Device, Kind, Tensor};
 use wave_model::wave::{combine, imaginary_part, modulation_magnitude};
-use wave_model::{Head, ModelConfig, Mode, Pooling, PositionEncoding, ToReal, WaveNetwork};
+use wave_model::{Head, Mode, ModelConfig, Pooling, PositionEncoding, ToReal, WaveNetwork};
 
 fn config(mode: Mode, to_real: ToReal, position: PositionEncoding) -> ModelConfig {
     ModelConfig {
@@ -23,7 +23,11 @@ fn all_configs() -> Vec<ModelConfig> {
     let mut out = Vec::new();
     for mode in [Mode::Interference, Mode::Modulation] {
         for to_real in [ToReal::Concat, ToReal::Magnitude] {
-            for position in [PositionEncoding::None, PositionEncoding::Learned, PositionEncoding::Sinusoidal] {
+            for position in [
+                PositionEncoding::None,
+                PositionEncoding::Learned,
+                PositionEncoding::Sinusoidal,
+            ] {
                 out.push(config(mode, to_real, position));
             }
         }
@@ -50,7 +54,10 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 /// The paper's polar form, in f64: `G e^{i alpha}` with `alpha = atan2(sqrt(1 - (u/G)^2), u/G)`.
 fn polar(u: &Tensor) -> (Tensor, Tensor) {
-    let g = u.square().sum_dim_intlist(&[1i64][..], true, None::<Kind>).sqrt();
+    let g = u
+        .square()
+        .sum_dim_intlist(&[1i64][..], true, None::<Kind>)
+        .sqrt();
     let c = u / &g;
     let alpha = (c.square().neg() + 1.0).clamp_min(0.0).sqrt().atan2(&c);
     (&g * alpha.cos(), &g * alpha.sin())
@@ -62,7 +69,10 @@ fn cartesian_form_equals_the_papers_polar_formula_in_both_modes() {
     let opts = (Kind::Double, Device::Cpu);
     let u = Tensor::randn([3, 9, 8], opts);
     let v = Tensor::randn([3, 9, 8], opts);
-    let (s_u, s_v) = (imaginary_part(&u, false, 1e-6), imaginary_part(&v, false, 1e-6));
+    let (s_u, s_v) = (
+        imaginary_part(&u, false, 1e-6),
+        imaginary_part(&v, false, 1e-6),
+    );
     let ((ru, iu), (rv, iv)) = (polar(&u), polar(&v));
     for mode in [Mode::Interference, Mode::Modulation] {
         let (re, im) = combine(mode, &u, &s_u, &v, &s_v);
@@ -71,7 +81,10 @@ fn cartesian_form_equals_the_papers_polar_formula_in_both_modes() {
             Mode::Modulation => (&ru * &rv - &iu * &iv, &ru * &iv + &rv * &iu),
         };
         assert!(max_abs_diff(&re, &want_re) < 1e-5, "{mode:?} real part");
-        assert!(max_abs_diff(&im, &want_im) < 1e-5, "{mode:?} imaginary part");
+        assert!(
+            max_abs_diff(&im, &want_im) < 1e-5,
+            "{mode:?} imaginary part"
+        );
     }
 }
 
@@ -81,10 +94,18 @@ fn modulation_magnitude_shortcut_equals_the_general_path() {
     let u = Tensor::randn([2, 11, 6], (Kind::Float, Device::Cpu));
     let v = Tensor::randn([2, 11, 6], (Kind::Float, Device::Cpu));
     let eps = 1e-6;
-    let (re, im) = combine(Mode::Modulation, &u, &imaginary_part(&u, false, eps), &v, &imaginary_part(&v, false, eps));
+    let (re, im) = combine(
+        Mode::Modulation,
+        &u,
+        &imaginary_part(&u, false, eps),
+        &v,
+        &imaginary_part(&v, false, eps),
+    );
     let general = (re.square() + im.square() + eps).sqrt();
     let shortcut = modulation_magnitude(&u, &v, eps).expand_as(&general);
-    let rel = ((&general - &shortcut).abs() / &general).max().double_value(&[]);
+    let rel = ((&general - &shortcut).abs() / &general)
+        .max()
+        .double_value(&[]);
     assert!(rel < 1e-5, "relative difference {rel}");
 }
 
@@ -104,17 +125,29 @@ fn appending_padding_does_not_change_outputs() {
         let long_mask = ids(&[&[1, 1, 1, 1, 1, 0, 0, 0]]);
         let a = net.classify(&short, &short_mask, false).expect("forward");
         let b = net.classify(&long, &long_mask, false).expect("forward");
-        assert!(max_abs_diff(&a, &b) < 1e-5, "logits changed with padding for {cfg:?}");
+        assert!(
+            max_abs_diff(&a, &b) < 1e-5,
+            "logits changed with padding for {cfg:?}"
+        );
         let fa = net.encode(&short, &short_mask, false).expect("forward");
-        let fb = net.encode(&long, &long_mask, false).expect("forward").narrow(1, 0, 5);
-        assert!(max_abs_diff(&fa, &fb) < 1e-5, "token features changed with padding for {cfg:?}");
+        let fb = net
+            .encode(&long, &long_mask, false)
+            .expect("forward")
+            .narrow(1, 0, 5);
+        assert!(
+            max_abs_diff(&fa, &fb) < 1e-5,
+            "token features changed with padding for {cfg:?}"
+        );
     }
 }
 
 fn assert_finite_gradients(cfg: &ModelConfig, ids: &Tensor, mask: &Tensor, what: &str) {
     let (vs, net) = build(cfg);
     let logits = net.classify(ids, mask, true).expect("forward");
-    assert!(bool::try_from(logits.isfinite().all()).expect("bool"), "{what}: logits not finite for {cfg:?}");
+    assert!(
+        bool::try_from(logits.isfinite().all()).expect("bool"),
+        "{what}: logits not finite for {cfg:?}"
+    );
     logits.sum(Kind::Float).backward();
     for (name, var) in vs.variables() {
         let grad = var.grad();
@@ -129,7 +162,12 @@ fn assert_finite_gradients(cfg: &ModelConfig, ids: &Tensor, mask: &Tensor, what:
 fn gradients_stay_finite_for_one_token_identical_tokens_and_all_padding_rows() {
     for cfg in all_configs() {
         assert_finite_gradients(&cfg, &ids(&[&[42]]), &ids(&[&[1]]), "one-token input");
-        assert_finite_gradients(&cfg, &ids(&[&[7, 7, 7, 7, 7, 7]]), &ids(&[&[1, 1, 1, 1, 1, 1]]), "identical tokens");
+        assert_finite_gradients(
+            &cfg,
+            &ids(&[&[7, 7, 7, 7, 7, 7]]),
+            &ids(&[&[1, 1, 1, 1, 1, 1]]),
+            "identical tokens",
+        );
         assert_finite_gradients(
             &cfg,
             &ids(&[&[3, 4, 5], &[0, 0, 0]]),
@@ -144,58 +182,105 @@ fn pooled_output_ignores_token_order_only_without_position_encoding() {
     for cfg in all_configs() {
         let (_vs, net) = build(&cfg);
         let mask = Tensor::ones([1, 6], (Kind::Int64, Device::Cpu));
-        let a = net.classify(&ids(&[&[1, 2, 3, 4, 5, 6]]), &mask, false).expect("forward");
-        let b = net.classify(&ids(&[&[6, 4, 2, 5, 3, 1]]), &mask, false).expect("forward");
+        let a = net
+            .classify(&ids(&[&[1, 2, 3, 4, 5, 6]]), &mask, false)
+            .expect("forward");
+        let b = net
+            .classify(&ids(&[&[6, 4, 2, 5, 3, 1]]), &mask, false)
+            .expect("forward");
         let diff = max_abs_diff(&a, &b);
         match cfg.position {
-            PositionEncoding::None => assert!(diff < 1e-5, "order changed the output without positions: {cfg:?}"),
-            _ => assert!(diff > 1e-4, "order did not change the output with positions: {cfg:?}"),
+            PositionEncoding::None => assert!(
+                diff < 1e-5,
+                "order changed the output without positions: {cfg:?}"
+            ),
+            _ => assert!(
+                diff > 1e-4,
+                "order did not change the output with positions: {cfg:?}"
+            ),
         }
     }
 }
 
 #[test]
 fn first_token_pooling_reads_position_zero() {
-    let cfg = ModelConfig { pooling: Pooling::First, ..config(Mode::Modulation, ToReal::Concat, PositionEncoding::None) };
+    let cfg = ModelConfig {
+        pooling: Pooling::First,
+        ..config(Mode::Modulation, ToReal::Concat, PositionEncoding::None)
+    };
     let (_vs, net) = build(&cfg);
     let mask = Tensor::ones([1, 3], (Kind::Int64, Device::Cpu));
-    let features = net.encode(&ids(&[&[1, 2, 3]]), &mask, false).expect("forward");
+    let features = net
+        .encode(&ids(&[&[1, 2, 3]]), &mask, false)
+        .expect("forward");
     assert!(max_abs_diff(&net.pool(&features, &mask), &features.select(1, 0)) == 0.0);
 }
 
 #[test]
 fn causal_head_lets_a_position_see_only_itself_and_earlier_tokens() {
-    let cfg = ModelConfig { head: Head::CausalLm, ..config(Mode::Modulation, ToReal::Concat, PositionEncoding::Learned) };
+    let cfg = ModelConfig {
+        head: Head::CausalLm,
+        ..config(Mode::Modulation, ToReal::Concat, PositionEncoding::Learned)
+    };
     let (_vs, net) = build(&cfg);
     let mask = Tensor::ones([1, 6], (Kind::Int64, Device::Cpu));
-    let a = net.token_logits(&ids(&[&[1, 2, 3, 4, 5, 6]]), &mask, false).expect("forward");
-    let b = net.token_logits(&ids(&[&[1, 2, 3, 9, 9, 9]]), &mask, false).expect("forward");
+    let a = net
+        .token_logits(&ids(&[&[1, 2, 3, 4, 5, 6]]), &mask, false)
+        .expect("forward");
+    let b = net
+        .token_logits(&ids(&[&[1, 2, 3, 9, 9, 9]]), &mask, false)
+        .expect("forward");
     assert_eq!(a.size(), vec![1, 6, 50]);
-    assert!(max_abs_diff(&a.narrow(1, 0, 3), &b.narrow(1, 0, 3)) < 1e-5, "future tokens leaked");
+    assert!(
+        max_abs_diff(&a.narrow(1, 0, 3), &b.narrow(1, 0, 3)) < 1e-5,
+        "future tokens leaked"
+    );
     assert!(max_abs_diff(&a.narrow(1, 3, 3), &b.narrow(1, 3, 3)) > 1e-4);
 }
 
 #[test]
 fn masked_lm_head_is_tied_to_the_token_embedding() {
-    let cfg = ModelConfig { head: Head::MaskedLm, ..config(Mode::Interference, ToReal::Concat, PositionEncoding::None) };
+    let cfg = ModelConfig {
+        head: Head::MaskedLm,
+        ..config(Mode::Interference, ToReal::Concat, PositionEncoding::None)
+    };
     let (vs, _net) = build(&cfg);
     let names: Vec<String> = vs.variables().into_keys().collect();
-    assert!(!names.iter().any(|n| n.contains("lm_head") && n.ends_with("weight") && n.contains("decoder")));
-    let vocab_sized: Vec<&String> =
-        names.iter().filter(|n| vs.variables()[*n].size().first() == Some(&50)).collect();
-    assert_eq!(vocab_sized.len(), 2, "only the embedding and the output bias scale with the vocabulary: {vocab_sized:?}");
+    assert!(!names
+        .iter()
+        .any(|n| n.contains("lm_head") && n.ends_with("weight") && n.contains("decoder")));
+    let vocab_sized: Vec<&String> = names
+        .iter()
+        .filter(|n| vs.variables()[*n].size().first() == Some(&50))
+        .collect();
+    assert_eq!(
+        vocab_sized.len(),
+        2,
+        "only the embedding and the output bias scale with the vocabulary: {vocab_sized:?}"
+    );
 }
 
 #[test]
 fn parameter_counts_match_the_built_network() {
     let mut cfgs = all_configs();
-    cfgs.push(ModelConfig { head: Head::MaskedLm, ..config(Mode::Modulation, ToReal::Concat, PositionEncoding::Learned) });
+    cfgs.push(ModelConfig {
+        head: Head::MaskedLm,
+        ..config(Mode::Modulation, ToReal::Concat, PositionEncoding::Learned)
+    });
     for cfg in cfgs {
         let (vs, _net) = build(&cfg);
-        let built: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
+        let built: i64 = vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum();
         assert_eq!(built as usize, cfg.param_counts().total, "{cfg:?}");
     }
-    let bert = ModelConfig { vocab_size: 30522, num_classes: 4, ..Default::default() };
+    let bert = ModelConfig {
+        vocab_size: 30522,
+        num_classes: 4,
+        ..Default::default()
+    };
     let counts = bert.param_counts();
     assert_eq!(counts.total - counts.non_embedding, 30522 * 768);
 }
@@ -204,13 +289,47 @@ fn parameter_counts_match_the_built_network() {
 fn invalid_configs_name_the_field() {
     let base = config(Mode::Modulation, ToReal::Concat, PositionEncoding::None);
     let cases = [
-        (ModelConfig { d_model: 0, ..base.clone() }, "model.d_model"),
-        (ModelConfig { n_layers: 0, ..base.clone() }, "model.n_layers"),
-        (ModelConfig { dropout: 1.5, ..base.clone() }, "model.dropout"),
-        (ModelConfig { num_classes: 1, ..base.clone() }, "model.num_classes"),
-        (ModelConfig { vocab_size: 0, ..base.clone() }, "model.vocab_size"),
         (
-            ModelConfig { head: Head::MaskedLm, to_real: ToReal::Magnitude, ..base.clone() },
+            ModelConfig {
+                d_model: 0,
+                ..base.clone()
+            },
+            "model.d_model",
+        ),
+        (
+            ModelConfig {
+                n_layers: 0,
+                ..base.clone()
+            },
+            "model.n_layers",
+        ),
+        (
+            ModelConfig {
+                dropout: 1.5,
+                ..base.clone()
+            },
+            "model.dropout",
+        ),
+        (
+            ModelConfig {
+                num_classes: 1,
+                ..base.clone()
+            },
+            "model.num_classes",
+        ),
+        (
+            ModelConfig {
+                vocab_size: 0,
+                ..base.clone()
+            },
+            "model.vocab_size",
+        ),
+        (
+            ModelConfig {
+                head: Head::MaskedLm,
+                to_real: ToReal::Magnitude,
+                ..base.clone()
+            },
             "model.to_real",
         ),
     ];
@@ -222,8 +341,15 @@ fn invalid_configs_name_the_field() {
 
 #[test]
 fn inputs_longer_than_the_position_table_are_rejected() {
-    let (_vs, net) = build(&config(Mode::Modulation, ToReal::Concat, PositionEncoding::Learned));
+    let (_vs, net) = build(&config(
+        Mode::Modulation,
+        ToReal::Concat,
+        PositionEncoding::Learned,
+    ));
     let long = Tensor::ones([1, 40], (Kind::Int64, Device::Cpu));
-    let err = net.classify(&long, &long, false).expect_err("too long").to_string();
+    let err = net
+        .classify(&long, &long, false)
+        .expect_err("too long")
+        .to_string();
     assert!(err.contains("max_positions"), "{err}");
 }

@@ -81,7 +81,11 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             retry: RetryConfig {
-                backoff: BackoffConfig { init_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(2), base: 2.0 },
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(100),
+                    max_backoff: Duration::from_secs(2),
+                    base: 2.0,
+                },
                 max_retries: 3,
                 retry_timeout: Duration::from_secs(20),
             },
@@ -94,8 +98,14 @@ impl Default for StoreOptions {
 impl StoreOptions {
     fn client_settings(&self) -> [(ClientConfigKey, String); 2] {
         [
-            (ClientConfigKey::Timeout, format!("{}ms", self.timeout.as_millis())),
-            (ClientConfigKey::ConnectTimeout, format!("{}ms", self.connect_timeout.as_millis())),
+            (
+                ClientConfigKey::Timeout,
+                format!("{}ms", self.timeout.as_millis()),
+            ),
+            (
+                ClientConfigKey::ConnectTimeout,
+                format!("{}ms", self.connect_timeout.as_millis()),
+            ),
         ]
     }
 }
@@ -115,7 +125,9 @@ pub struct Root {
 impl std::fmt::Debug for Root {
     /// Only the URI: the store holds credentials.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Root").field("uri", &self.uri).finish_non_exhaustive()
+        f.debug_struct("Root")
+            .field("uri", &self.uri)
+            .finish_non_exhaustive()
     }
 }
 
@@ -123,21 +135,32 @@ impl Root {
     /// Opens a URI or path. With `create`, a missing local folder is created (for outputs); without
     /// it, a missing local folder is an error.
     pub fn open(uri: &str, create: bool, opts: &StoreOptions) -> Result<Root, Error> {
-        let bad = |msg: String| Error::Uri { uri: uri.to_string(), msg };
+        let bad = |msg: String| Error::Uri {
+            uri: uri.to_string(),
+            msg,
+        };
         let trimmed = uri.trim_end_matches('/');
         if trimmed.is_empty() {
             return Err(bad("empty location".into()));
         }
-        let scheme = trimmed.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        let scheme = trimmed
+            .split_once("://")
+            .map(|(s, _)| s.to_ascii_lowercase());
         let local = match scheme.as_deref() {
             None => Some(PathBuf::from(trimmed)),
             Some("file") => {
                 let u = url::Url::parse(trimmed).map_err(|e| bad(e.to_string()))?;
-                Some(u.to_file_path().map_err(|()| bad("not a local file URL".into()))?)
+                Some(
+                    u.to_file_path()
+                        .map_err(|()| bad("not a local file URL".into()))?,
+                )
             }
             _ => None,
         };
-        let store_err = |source| Error::Store { uri: uri.to_string(), source };
+        let store_err = |source| Error::Store {
+            uri: uri.to_string(),
+            source,
+        };
         if let Some(dir) = local {
             return Self::open_local(uri, trimmed, dir, create);
         }
@@ -170,21 +193,40 @@ impl Root {
             other => return Err(bad(format!("unsupported scheme {other:?} (use a path, file://, s3://, gs://, az:// or http(s)://)"))),
         };
         let prefix = Path::from(url.path().trim_matches('/'));
-        Ok(Root { store, prefix, uri: trimmed.to_string(), local: None })
+        Ok(Root {
+            store,
+            prefix,
+            uri: trimmed.to_string(),
+            local: None,
+        })
     }
 
     fn open_local(uri: &str, trimmed: &str, dir: PathBuf, create: bool) -> Result<Root, Error> {
         if create {
-            std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+            std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+                path: dir.clone(),
+                source,
+            })?;
         }
         if !dir.is_dir() {
-            return Err(Error::Uri { uri: uri.to_string(), msg: format!("local directory {} does not exist", dir.display()) });
+            return Err(Error::Uri {
+                uri: uri.to_string(),
+                msg: format!("local directory {} does not exist", dir.display()),
+            });
         }
         // Automatic cleanup removes folders that deleting their last object left empty.
         let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
-            .map_err(|source| Error::Store { uri: uri.to_string(), source })?
+            .map_err(|source| Error::Store {
+                uri: uri.to_string(),
+                source,
+            })?
             .with_automatic_cleanup(true);
-        Ok(Root { store: Arc::new(store), prefix: Path::default(), uri: trimmed.to_string(), local: Some(dir) })
+        Ok(Root {
+            store: Arc::new(store),
+            prefix: Path::default(),
+            uri: trimmed.to_string(),
+            local: Some(dir),
+        })
     }
 
     /// The local folder of a local root, `None` for remote stores.
@@ -194,7 +236,9 @@ impl Root {
 
     /// Store path of `rel` (a `/`-separated path relative to the root).
     pub fn path(&self, rel: &str) -> Path {
-        rel.split('/').filter(|s| !s.is_empty()).fold(self.prefix.clone(), |p, part| p.join(part))
+        rel.split('/')
+            .filter(|s| !s.is_empty())
+            .fold(self.prefix.clone(), |p, part| p.join(part))
     }
 
     /// Display URI of `rel`.
@@ -204,7 +248,12 @@ impl Root {
 
     /// `rel` of a store path under this root (the inverse of [`Root::path`]), or `None` outside it.
     pub fn rel_of(&self, path: &Path) -> Option<String> {
-        path.prefix_match(&self.prefix).map(|parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/"))
+        path.prefix_match(&self.prefix).map(|parts| {
+            parts
+                .map(|p| p.as_ref().to_string())
+                .collect::<Vec<_>>()
+                .join("/")
+        })
     }
 }
 
@@ -215,7 +264,12 @@ mod tests {
     #[test]
     fn paths_join_relative_parts_under_the_prefix() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let root = Root::open(&format!("{}/", dir.path().display()), false, &StoreOptions::default()).expect("open");
+        let root = Root::open(
+            &format!("{}/", dir.path().display()),
+            false,
+            &StoreOptions::default(),
+        )
+        .expect("open");
         assert_eq!(root.path("/a//b/c.json").as_ref(), "a/b/c.json");
         assert_eq!(root.rel_of(&root.path("a/b")).as_deref(), Some("a/b"));
         assert_eq!(root.uri_of("x"), format!("{}/x", dir.path().display()));
@@ -225,7 +279,10 @@ mod tests {
     fn missing_local_folder_is_an_error_unless_created() {
         let dir = tempfile::tempdir().expect("tempdir");
         let missing = dir.path().join("new/ckpt").display().to_string();
-        assert!(matches!(Root::open(&missing, false, &StoreOptions::default()), Err(Error::Uri { .. })));
+        assert!(matches!(
+            Root::open(&missing, false, &StoreOptions::default()),
+            Err(Error::Uri { .. })
+        ));
         Root::open(&missing, true, &StoreOptions::default()).expect("created");
         assert!(Root::open("ftp://x/y", false, &StoreOptions::default()).is_err());
         assert!(Root::open("", false, &StoreOptions::default()).is_err());
@@ -233,10 +290,14 @@ mod tests {
 
     #[test]
     fn s3_root_has_bucket_relative_prefix_and_debug_shows_only_the_uri() {
-        let root = Root::open("s3://bucket/runs/a/", false, &StoreOptions::default()).expect("open s3");
+        let root =
+            Root::open("s3://bucket/runs/a/", false, &StoreOptions::default()).expect("open s3");
         assert_eq!(root.prefix.as_ref(), "runs/a");
         assert_eq!(root.uri, "s3://bucket/runs/a");
         assert!(root.local_dir().is_none());
-        assert_eq!(format!("{root:?}"), "Root { uri: \"s3://bucket/runs/a\", .. }");
+        assert_eq!(
+            format!("{root:?}"),
+            "Root { uri: \"s3://bucket/runs/a\", .. }"
+        );
     }
 }

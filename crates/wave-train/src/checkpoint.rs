@@ -72,16 +72,26 @@ pub fn open(uri: &str, world_size: usize) -> Result<CheckpointStore, Error> {
 
 /// A `wave-ckpt` error as the trainer's, naming the checkpoint root.
 pub fn store_error(uri: &str, e: wave_ckpt::Error) -> Error {
-    Error::Checkpoint { path: uri.to_string(), reason: e.to_string() }
+    Error::Checkpoint {
+        path: uri.to_string(),
+        reason: e.to_string(),
+    }
 }
 
 /// Serialises tensors (copied to the CPU) into safetensors bytes; the same tensors give the same
 /// bytes.
 pub fn to_safetensors(tensors: &[(String, Tensor)]) -> Result<Bytes, Error> {
-    let cpu: Vec<(String, Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t.to_device(Device::Cpu))).collect();
-    let tmp = tempfile::NamedTempFile::new().map_err(|e| Error::Io(format!("temporary file for safetensors: {e}")))?;
-    Tensor::write_safetensors(&cpu, tmp.path()).map_err(|e| Error::Io(format!("{}: {e}", tmp.path().display())))?;
-    std::fs::read(tmp.path()).map(Bytes::from).map_err(|e| Error::io(tmp.path(), e))
+    let cpu: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.to_device(Device::Cpu)))
+        .collect();
+    let tmp = tempfile::NamedTempFile::new()
+        .map_err(|e| Error::Io(format!("temporary file for safetensors: {e}")))?;
+    Tensor::write_safetensors(&cpu, tmp.path())
+        .map_err(|e| Error::Io(format!("{}: {e}", tmp.path().display())))?;
+    std::fs::read(tmp.path())
+        .map(Bytes::from)
+        .map_err(|e| Error::io(tmp.path(), e))
 }
 
 /// Parses safetensors bytes into CPU tensors.
@@ -111,7 +121,9 @@ pub fn objects(
 
 /// Pretty JSON bytes of a checkpoint document.
 fn json<T: Serialize>(value: &T) -> Result<Bytes, Error> {
-    serde_json::to_vec_pretty(value).map(Bytes::from).map_err(|e| Error::Io(format!("checkpoint JSON: {e}")))
+    serde_json::to_vec_pretty(value)
+        .map(Bytes::from)
+        .map_err(|e| Error::Io(format!("checkpoint JSON: {e}")))
 }
 
 /// A checkpoint read back and verified.
@@ -129,24 +141,48 @@ pub struct Loaded {
 /// Reads the committed checkpoint of `step`; `wave-ckpt` checks every object's size and sha256,
 /// and any failure names the step folder and the object.
 pub fn load(store: &CheckpointStore, step: u64) -> Result<Loaded, Error> {
-    let uri = format!("{}/{}", store.uri().trim_end_matches('/'), wave_ckpt::step_dir(step));
+    let uri = format!(
+        "{}/{}",
+        store.uri().trim_end_matches('/'),
+        wave_ckpt::step_dir(step)
+    );
     let ckpt = store.load(step).map_err(|e| store_error(store.uri(), e))?;
-    let fail = |reason: String| Error::Checkpoint { path: uri.clone(), reason };
-    let object = |name: &str| ckpt.object(name).ok_or_else(|| fail(format!("has no {name}")));
-    let state: CheckpointState = serde_json::from_slice(object(STATE)?).map_err(|e| fail(format!("{STATE}: {e}")))?;
+    let fail = |reason: String| Error::Checkpoint {
+        path: uri.clone(),
+        reason,
+    };
+    let object = |name: &str| {
+        ckpt.object(name)
+            .ok_or_else(|| fail(format!("has no {name}")))
+    };
+    let state: CheckpointState =
+        serde_json::from_slice(object(STATE)?).map_err(|e| fail(format!("{STATE}: {e}")))?;
     if state.version != CHECKPOINT_VERSION {
-        return Err(fail(format!("{STATE}: layout version {} (this build reads {CHECKPOINT_VERSION})", state.version)));
+        return Err(fail(format!(
+            "{STATE}: layout version {} (this build reads {CHECKPOINT_VERSION})",
+            state.version
+        )));
     }
     if state.step != step {
         return Err(fail(format!("{STATE} says step {}", state.step)));
     }
-    let tensors = |name: &str| from_safetensors(object(name)?).map_err(|e| fail(format!("{name}: {e}")));
-    Ok(Loaded { model: tensors(MODEL)?, optimizer: tensors(OPTIMIZER)?, state, uri: uri.clone() })
+    let tensors =
+        |name: &str| from_safetensors(object(name)?).map_err(|e| fail(format!("{name}: {e}")));
+    Ok(Loaded {
+        model: tensors(MODEL)?,
+        optimizer: tensors(OPTIMIZER)?,
+        state,
+        uri: uri.clone(),
+    })
 }
 
 /// Where `train.resume` points: the store and step to load, or `None` to start fresh. `own_uri`
 /// is `checkpoint.uri` (resolved), used by `auto` and a bare step.
-pub fn locate(resume: &Resume, own_uri: &str, world_size: usize) -> Result<Option<(CheckpointStore, u64)>, Error> {
+pub fn locate(
+    resume: &Resume,
+    own_uri: &str,
+    world_size: usize,
+) -> Result<Option<(CheckpointStore, u64)>, Error> {
     let latest = |store: CheckpointStore| -> Result<Option<(CheckpointStore, u64)>, Error> {
         let step = store.latest().map_err(|e| store_error(store.uri(), e))?;
         Ok(step.map(|s| (store, s)))
@@ -156,7 +192,10 @@ pub fn locate(resume: &Resume, own_uri: &str, world_size: usize) -> Result<Optio
         Resume::Auto => {
             let found = latest(open(own_uri, world_size)?)?;
             if found.is_none() {
-                tracing::info!(uri = own_uri, "no checkpoint to resume from; starting fresh");
+                tracing::info!(
+                    uri = own_uri,
+                    "no checkpoint to resume from; starting fresh"
+                );
             }
             Ok(found)
         }
@@ -167,10 +206,13 @@ pub fn locate(resume: &Resume, own_uri: &str, world_size: usize) -> Result<Optio
             if let Some(step) = wave_ckpt::parse_step_dir(last).filter(|_| !root.is_empty()) {
                 return Ok(Some((open(root, world_size)?, step)));
             }
-            latest(open(uri, world_size)?)?.map(Some).ok_or_else(|| Error::Checkpoint {
-                path: uri.clone(),
-                reason: "train.resume names a checkpoint root without a committed `latest`".into(),
-            })
+            latest(open(uri, world_size)?)?
+                .map(Some)
+                .ok_or_else(|| Error::Checkpoint {
+                    path: uri.clone(),
+                    reason: "train.resume names a checkpoint root without a committed `latest`"
+                        .into(),
+                })
         }
     }
 }
@@ -184,7 +226,10 @@ pub fn sigterm_flag() -> Result<Arc<AtomicBool>, Error> {
     std::thread::Builder::new()
         .name("wave-sigterm".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_io().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e.to_string()));
@@ -210,6 +255,8 @@ pub fn sigterm_flag() -> Result<Arc<AtomicBool>, Error> {
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(flag),
         Ok(Err(e)) => Err(Error::Io(format!("cannot install a SIGTERM handler: {e}"))),
-        Err(_) => Err(Error::Io("the SIGTERM thread stopped before installing its handler".into())),
+        Err(_) => Err(Error::Io(
+            "the SIGTERM thread stopped before installing its handler".into(),
+        )),
     }
 }

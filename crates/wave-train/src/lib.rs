@@ -33,4 +33,6 @@ mod trainer;
 pub use config::{CheckpointConfig, JobConfig, OnFailure, Resume, Schedule, TrainConfig};
 pub use device::parse_device;
 pub use error::Error;
-pub use trainer::{evaluate, evaluate_run, logits_of_run, open_data, train, EvalResult, Params, RunSummary};
+pub use trainer::{
+    evaluate, evaluate_run, logits_of_run, open_data, train, EvalResult, Params, RunSummary,
+};

@@ -155,7 +155,10 @@ pub fn average_gradients(
         })?;
         start = end;
     }
-    Ok(SyncTimes { skew_s, reduce_s: reduce_start.elapsed().as_secs_f64() })
+    Ok(SyncTimes {
+        skew_s,
+        reduce_s: reduce_start.elapsed().as_secs_f64(),
+    })
 }
 
 /// Sums a few numbers over ranks (in f32, the collectives' type; fine for counts below 2^24).

@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 use tch::{nn, Device, Kind, Reduction, Tensor};
+use wave_ckpt::{Retention, SaveOutcome, Saver, SaverOptions};
 use wave_comm::{Communicator, RankInfo};
 use wave_data::{Batch, Cursor, Dataset, Loader, LoaderOptions, TextEncoder};
-use wave_ckpt::{Retention, SaveOutcome, Saver, SaverOptions};
 use wave_model::{Head, ModelConfig, ParamCounts, WaveNetwork};
 
 use crate::checkpoint::{self, CheckpointState, CHECKPOINT_VERSION};
@@ -286,8 +286,16 @@ fn train_on(cfg: &JobConfig, comm: &Communicator, device: Device) -> Result<RunS
     // Rank 0 saves. SIGTERM is caught only by a single-process job: under mpirun the launcher
     // sends SIGTERM to the surviving ranks when one dies, and those must end at once (their next
     // collective can never complete); a multi-rank job resumes from its last periodic checkpoint.
-    let mut saver = if root { Some(start_saver(cfg, &ckpt_uri, world)?) } else { None };
-    let sigterm = if world == 1 { Some(checkpoint::sigterm_flag()?) } else { None };
+    let mut saver = if root {
+        Some(start_saver(cfg, &ckpt_uri, world)?)
+    } else {
+        None
+    };
+    let sigterm = if world == 1 {
+        Some(checkpoint::sigterm_flag()?)
+    } else {
+        None
+    };
     // The step of the last checkpoint: a resumed step is not saved again at the end.
     let (mut saved_step, mut preempted) = ((step > 0).then_some(step), false);
     let mut last_metrics = serde_json::json!({});
@@ -310,7 +318,8 @@ fn train_on(cfg: &JobConfig, comm: &Communicator, device: Device) -> Result<RunS
     // Window accumulators for the metrics line.
     let (mut win_loss, mut win_steps, mut win_samples, mut win_tokens) =
         (0.0, 0u64, 0usize, 0usize);
-    let (mut win_wait, mut win_compute, mut win_comm, mut win_skew, mut last_loss) = (0.0, 0.0, 0.0, 0.0, f64::NAN);
+    let (mut win_wait, mut win_compute, mut win_comm, mut win_skew, mut last_loss) =
+        (0.0, 0.0, 0.0, 0.0, f64::NAN);
     let (mut total_samples, mut train_secs) = (0usize, 0.0);
     let started = Instant::now();
 
@@ -446,15 +455,29 @@ fn train_on(cfg: &JobConfig, comm: &Communicator, device: Device) -> Result<RunS
                 && step < total_steps
             {
                 let objects = checkpoint_objects(
-                    &resolved_toml, &vs, &opt, &loader, &dataset, &model_cfg, step, world, &last_metrics,
+                    &resolved_toml,
+                    &vs,
+                    &opt,
+                    &loader,
+                    &dataset,
+                    &model_cfg,
+                    step,
+                    world,
+                    &last_metrics,
                 )?;
                 submit(saver, step, objects, cfg)?;
                 saved_step = Some(step);
             }
             report_saves(saver.poll(), cfg)?;
         }
-        if sigterm.as_ref().is_some_and(|flag| flag.load(Ordering::SeqCst)) {
-            tracing::warn!(step, "SIGTERM received: stopping after this step to save a final checkpoint");
+        if sigterm
+            .as_ref()
+            .is_some_and(|flag| flag.load(Ordering::SeqCst))
+        {
+            tracing::warn!(
+                step,
+                "SIGTERM received: stopping after this step to save a final checkpoint"
+            );
             preempted = true;
             break;
         }
@@ -471,20 +494,32 @@ fn train_on(cfg: &JobConfig, comm: &Communicator, device: Device) -> Result<RunS
     if let Some(mut saver) = saver.take() {
         if saved_step != Some(step) {
             let objects = checkpoint_objects(
-                &resolved_toml, &vs, &opt, &loader, &dataset, &model_cfg, step, world, &last_metrics,
+                &resolved_toml,
+                &vs,
+                &opt,
+                &loader,
+                &dataset,
+                &model_cfg,
+                step,
+                world,
+                &last_metrics,
             )?;
             submit(&mut saver, step, objects, cfg)?;
         }
         // The final save must land before the process exits; a pre-empted job that could not
         // save fails (non-zero) whatever checkpoint.on_failure says.
-        let outcomes = saver.finish().map_err(|e| checkpoint::store_error(&ckpt_uri, e))?;
+        let outcomes = saver
+            .finish()
+            .map_err(|e| checkpoint::store_error(&ckpt_uri, e))?;
         let final_ok = outcomes.iter().all(|o| o.result.is_ok());
         report_saves(outcomes, cfg)?;
         if preempted {
             if !final_ok {
                 return Err(Error::Checkpoint {
                     path: ckpt_uri.clone(),
-                    reason: format!("SIGTERM at step {step}: the final checkpoint could not be saved"),
+                    reason: format!(
+                        "SIGTERM at step {step}: the final checkpoint could not be saved"
+                    ),
                 });
             }
             tracing::warn!(step, uri = %ckpt_uri, "SIGTERM: final checkpoint committed; exiting normally (resume with train.resume = \"auto\")");
@@ -569,9 +604,19 @@ fn progress_bar(total: u64, start: u64) -> Option<indicatif::ProgressBar> {
 fn start_saver(cfg: &JobConfig, uri: &str, world: usize) -> Result<Saver, Error> {
     let c = &cfg.checkpoint;
     // keep_last = 0 with keep_every = 0 keeps everything; wave-ckpt reads keep_last = 0 as "none".
-    let retention = (c.keep_last > 0 || c.keep_every > 0).then_some(Retention { keep_last: c.keep_last, keep_every: c.keep_every });
+    let retention = (c.keep_last > 0 || c.keep_every > 0).then_some(Retention {
+        keep_last: c.keep_last,
+        keep_every: c.keep_every,
+    });
     let store = checkpoint::open(uri, world)?;
-    Saver::new(store, SaverOptions { max_in_flight: c.max_in_flight, retention }).map_err(|e| checkpoint::store_error(uri, e))
+    Saver::new(
+        store,
+        SaverOptions {
+            max_in_flight: c.max_in_flight,
+            retention,
+        },
+    )
+    .map_err(|e| checkpoint::store_error(uri, e))
 }
 
 /// The objects of the checkpoint of `step`, tensors copied out now.
@@ -601,9 +646,16 @@ fn checkpoint_objects(
 }
 
 /// Hands a checkpoint to the saver (blocks while `checkpoint.max_in_flight` saves are unfinished).
-fn submit(saver: &mut Saver, step: u64, objects: Vec<(String, bytes::Bytes)>, cfg: &JobConfig) -> Result<(), Error> {
+fn submit(
+    saver: &mut Saver,
+    step: u64,
+    objects: Vec<(String, bytes::Bytes)>,
+    cfg: &JobConfig,
+) -> Result<(), Error> {
     let metadata = serde_json::json!({ "name": cfg.name });
-    saver.submit(step, objects, metadata).map_err(|e| checkpoint::store_error(&cfg.checkpoint_uri(), e))?;
+    saver
+        .submit(step, objects, metadata)
+        .map_err(|e| checkpoint::store_error(&cfg.checkpoint_uri(), e))?;
     tracing::debug!(step, "checkpoint queued for upload");
     Ok(())
 }
@@ -612,11 +664,16 @@ fn submit(saver: &mut Saver, step: u64, objects: Vec<(String, bytes::Bytes)>, cf
 fn report_saves(outcomes: Vec<SaveOutcome>, cfg: &JobConfig) -> Result<(), Error> {
     for outcome in outcomes {
         match outcome.result {
-            Ok(info) => tracing::info!(step = outcome.step, uri = %info.uri, attempts = info.attempts, "checkpoint saved"),
+            Ok(info) => {
+                tracing::info!(step = outcome.step, uri = %info.uri, attempts = info.attempts, "checkpoint saved")
+            }
             Err(e) => {
                 let uri = cfg.checkpoint_uri();
                 if cfg.checkpoint.on_failure == OnFailure::Stop {
-                    return Err(Error::Checkpoint { path: uri, reason: format!("saving step {} failed: {e}", outcome.step) });
+                    return Err(Error::Checkpoint {
+                        path: uri,
+                        reason: format!("saving step {} failed: {e}", outcome.step),
+                    });
                 }
                 tracing::error!(step = outcome.step, %uri, "checkpoint save failed; training continues (checkpoint.on_failure = \"continue\"): {e}");
             }
@@ -678,7 +735,11 @@ fn resume(
     opt.load_state(&loaded.optimizer, loaded.state.optimizer_step)
         .map_err(refuse)?;
     if loaded.state.world_size != world {
-        tracing::info!(from = loaded.state.world_size, to = world, "resuming at a different world size; the data cursor reshards");
+        tracing::info!(
+            from = loaded.state.world_size,
+            to = world,
+            "resuming at a different world size; the data cursor reshards"
+        );
     }
     tracing::info!(step, uri = %loaded.uri, "resumed");
     Ok((loaded.state.step, loaded.state.cursor))
@@ -700,14 +761,31 @@ fn load_run(cfg: &JobConfig, weights: &Path) -> Result<LoadedRun, Error> {
     let model_cfg = resolve_model(cfg, encoder.as_deref(), &dataset)?;
     let mut vs = nn::VarStore::new(device);
     let net = WaveNetwork::new(&vs.root(), &model_cfg)?;
-    vs.load(weights).map_err(|e| Error::Io(format!("{}: {e}", weights.display())))?;
+    vs.load(weights)
+        .map_err(|e| Error::Io(format!("{}: {e}", weights.display())))?;
     // `net` holds its own handles on the loaded tensors; the store can go.
-    Ok(LoadedRun { device, dataset, encoder, model_cfg, net })
+    Ok(LoadedRun {
+        device,
+        dataset,
+        encoder,
+        model_cfg,
+        net,
+    })
 }
 
 /// Loads `model.safetensors` from a finished run folder and evaluates it on `split`.
-pub fn evaluate_run(cfg: &JobConfig, weights: &Path, split: &str) -> Result<(EvalResult, Params), Error> {
-    let LoadedRun { device, dataset, encoder, model_cfg, net } = load_run(cfg, weights)?;
+pub fn evaluate_run(
+    cfg: &JobConfig,
+    weights: &Path,
+    split: &str,
+) -> Result<(EvalResult, Params), Error> {
+    let LoadedRun {
+        device,
+        dataset,
+        encoder,
+        model_cfg,
+        net,
+    } = load_run(cfg, weights)?;
     let result = evaluate(
         &net,
         &dataset,
@@ -723,22 +801,47 @@ pub fn evaluate_run(cfg: &JobConfig, weights: &Path, split: &str) -> Result<(Eva
 /// Inputs and logits of the first `rows` rows of `split` (eval order, no dropout) under the
 /// weights in `weights`: what `wave-dist eval --dump-logits` writes so that another
 /// implementation (bench/peer_logits.py) can be checked against this one.
-pub fn logits_of_run(cfg: &JobConfig, weights: &Path, split: &str, rows: usize) -> Result<serde_json::Value, Error> {
-    let LoadedRun { device, dataset, encoder, net, .. } = load_run(cfg, weights)?;
+pub fn logits_of_run(
+    cfg: &JobConfig,
+    weights: &Path,
+    split: &str,
+    rows: usize,
+) -> Result<serde_json::Value, Error> {
+    let LoadedRun {
+        device,
+        dataset,
+        encoder,
+        net,
+        ..
+    } = load_run(cfg, weights)?;
     let mut opts = LoaderOptions::eval(&cfg.data, 0, 1);
     opts.split = split.to_string();
     let cursor = Cursor::start(opts.seed);
     let mut loader = Loader::new(&dataset, encoder, opts, cursor)?;
-    let batch = loader.next_batch()?.ok_or_else(|| Error::Config(format!("split {split:?} is empty")))?;
+    let batch = loader
+        .next_batch()?
+        .ok_or_else(|| Error::Config(format!("split {split:?} is empty")))?;
     let rows = rows.min(batch.rows);
     let width = batch.seq_len;
     let logits = tch::no_grad(|| -> Result<Tensor, Error> {
         let (ids, mask, _) = to_tensors(&batch, device);
-        Ok(net.classify(&ids.narrow(0, 0, rows as i64), &mask.narrow(0, 0, rows as i64), false)?.to_kind(Kind::Float).to_device(Device::Cpu))
+        Ok(net
+            .classify(
+                &ids.narrow(0, 0, rows as i64),
+                &mask.narrow(0, 0, rows as i64),
+                false,
+            )?
+            .to_kind(Kind::Float)
+            .to_device(Device::Cpu))
     })?;
     let classes = logits.size().last().copied().unwrap_or(0) as usize;
     let flat = Vec::<f32>::try_from(&logits.flatten(0, -1))?;
-    let table = |v: &[i64]| v.chunks(width).take(rows).map(<[i64]>::to_vec).collect::<Vec<_>>();
+    let table = |v: &[i64]| {
+        v.chunks(width)
+            .take(rows)
+            .map(<[i64]>::to_vec)
+            .collect::<Vec<_>>()
+    };
     Ok(serde_json::json!({
         "ids": table(&batch.input_ids),
         "mask": table(&batch.attention_mask),

@@ -49,13 +49,23 @@ fn resume_accepts_a_checkpoint_url_and_checkpoint_takes_retention_and_failure_ke
         ],
     )
     .expect("valid");
-    assert_eq!(cfg.train.resume, Resume::Uri("s3://bucket/run/step-00000120".into()));
-    assert_eq!((cfg.checkpoint.keep_every, cfg.checkpoint.on_failure), (1000, wave_train::OnFailure::Stop));
+    assert_eq!(
+        cfg.train.resume,
+        Resume::Uri("s3://bucket/run/step-00000120".into())
+    );
+    assert_eq!(
+        (cfg.checkpoint.keep_every, cfg.checkpoint.on_failure),
+        (1000, wave_train::OnFailure::Stop)
+    );
     let again = JobConfig::from_toml(&cfg.to_toml().expect("serialise"), &[]).expect("reparse");
     assert_eq!(cfg, again);
-    let err = JobConfig::from_toml(BASE, &["checkpoint.on_failure=\"retry\"".into()]).expect_err("unknown policy").to_string();
+    let err = JobConfig::from_toml(BASE, &["checkpoint.on_failure=\"retry\"".into()])
+        .expect_err("unknown policy")
+        .to_string();
     assert!(err.contains("on_failure"), "{err}");
-    let err = JobConfig::from_toml(BASE, &["checkpoint.max_in_flight=0".into()]).expect_err("zero").to_string();
+    let err = JobConfig::from_toml(BASE, &["checkpoint.max_in_flight=0".into()])
+        .expect_err("zero")
+        .to_string();
     assert!(err.contains("checkpoint.max_in_flight"), "{err}");
 }
 

@@ -9,11 +9,19 @@ use wave_ckpt::{CheckpointStore, RetryPolicy};
 
 /// Objects of a fake checkpoint whose content depends on `step` (`size` bytes of model).
 pub fn objects(step: u64, size: usize) -> Vec<(String, Bytes)> {
-    let model: Vec<u8> = (0..size).map(|i| (i as u64).wrapping_mul(31).wrapping_add(step) as u8).collect();
+    let model: Vec<u8> = (0..size)
+        .map(|i| (i as u64).wrapping_mul(31).wrapping_add(step) as u8)
+        .collect();
     vec![
         ("model.safetensors".into(), Bytes::from(model)),
-        ("state.json".into(), Bytes::from(format!("{{\"step\":{step}}}"))),
-        ("config.toml".into(), Bytes::from_static(b"[model]\nd_model = 8\n")),
+        (
+            "state.json".into(),
+            Bytes::from(format!("{{\"step\":{step}}}")),
+        ),
+        (
+            "config.toml".into(),
+            Bytes::from_static(b"[model]\nd_model = 8\n"),
+        ),
     ]
 }
 
@@ -30,7 +38,11 @@ pub const FAKE_SECRET: &str = "wAvEsEcReT/DoNotLog+4f7c2a9e1b";
 static ENV: Mutex<()> = Mutex::new(());
 
 /// Opens `s3://<bucket_and_prefix>` against `endpoint` with the fake credentials.
-pub fn open_s3(endpoint: &str, bucket_and_prefix: &str, retry: RetryPolicy) -> wave_ckpt::Result<CheckpointStore> {
+pub fn open_s3(
+    endpoint: &str,
+    bucket_and_prefix: &str,
+    retry: RetryPolicy,
+) -> wave_ckpt::Result<CheckpointStore> {
     let _guard = ENV.lock().unwrap_or_else(|e| e.into_inner());
     std::env::set_var("AWS_ENDPOINT_URL", endpoint);
     std::env::set_var("AWS_ALLOW_HTTP", "true");

@@ -42,7 +42,9 @@ pub fn source(format: InputFormat, inputs: &[&Path]) -> SourceOptions {
 
 /// A JSON Lines file of `n` labelled samples of varying length (labels `i % classes`).
 pub fn synthetic_jsonl(dir: &Path, n: usize, classes: usize) -> PathBuf {
-    let words = ["wave", "network", "token", "river", "signal", "phase", "data", "model", "shard", "epoch"];
+    let words = [
+        "wave", "network", "token", "river", "signal", "phase", "data", "model", "shard", "epoch",
+    ];
     let path = dir.join("synthetic.jsonl");
     let mut f = std::fs::File::create(&path).expect("create jsonl");
     for i in 0..n {
@@ -54,10 +56,18 @@ pub fn synthetic_jsonl(dir: &Path, n: usize, classes: usize) -> PathBuf {
 }
 
 /// Prepare `n` synthetic rows into `dir/ds` with small row groups; returns the dataset URI.
-pub fn synthetic_dataset(dir: &Path, n: usize, row_group_rows: usize, tokenizer: Option<&str>) -> String {
+pub fn synthetic_dataset(
+    dir: &Path,
+    n: usize,
+    row_group_rows: usize,
+    tokenizer: Option<&str>,
+) -> String {
     let input = synthetic_jsonl(dir, n, 4);
     let out = dir.join("ds");
-    let mut opts = PrepareOptions::new(source(InputFormat::Jsonl, &[&input]), out.display().to_string());
+    let mut opts = PrepareOptions::new(
+        source(InputFormat::Jsonl, &[&input]),
+        out.display().to_string(),
+    );
     opts.validation_fraction = 0.0;
     opts.row_group_rows = row_group_rows;
     opts.tokenizer = tokenizer.map(String::from);
@@ -80,7 +90,13 @@ pub fn epoch_positions(
         let mut o = opts.clone();
         o.rank = r;
         o.epochs = Some(1);
-        let mut l = wave_data::Loader::new(ds, Some(enc.clone()), o, wave_data::Cursor::start(opts.seed)).expect("loader");
+        let mut l = wave_data::Loader::new(
+            ds,
+            Some(enc.clone()),
+            o,
+            wave_data::Cursor::start(opts.seed),
+        )
+        .expect("loader");
         let mut batches = Vec::new();
         while let Some(b) = l.next_batch().expect("batch") {
             batches.push(b.sample_positions);

@@ -8,7 +8,10 @@ use std::sync::OnceLock;
 
 /// The workspace root (two levels above this crate).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
 }
 
 /// `$WAVE_SHARED_DATA`, default `<workspace>/../shared/data`. Absent: panics under `CI=true`,
@@ -20,7 +23,10 @@ pub fn shared_data() -> Option<PathBuf> {
     if dir.join("mirror/ag_news_csv.tgz").is_file() {
         return Some(dir);
     }
-    let msg = format!("shared test data not found at {} (set WAVE_SHARED_DATA)", dir.display());
+    let msg = format!(
+        "shared test data not found at {} (set WAVE_SHARED_DATA)",
+        dir.display()
+    );
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{msg}");
     }
@@ -53,11 +59,21 @@ pub fn ok(out: &Output) -> String {
 /// Asserts a clean failure (exit code 1 or 2, no panic) whose stderr mentions every `needle`.
 pub fn fails_naming(out: &Output, needles: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success; stderr:\n{stderr}");
-    assert!(matches!(out.status.code(), Some(1) | Some(2)), "exit code {:?}; stderr:\n{stderr}", out.status.code());
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr:\n{stderr}"
+    );
+    assert!(
+        matches!(out.status.code(), Some(1) | Some(2)),
+        "exit code {:?}; stderr:\n{stderr}",
+        out.status.code()
+    );
     assert!(!stderr.contains("panicked"), "panicked:\n{stderr}");
     for needle in needles {
-        assert!(stderr.contains(needle), "stderr should name {needle:?}:\n{stderr}");
+        assert!(
+            stderr.contains(needle),
+            "stderr should name {needle:?}:\n{stderr}"
+        );
     }
 }
 
@@ -100,6 +116,11 @@ pub fn train_losses(run_dir: &Path) -> Vec<(u64, f64)> {
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json line"))
         .filter(|v| v["kind"] == "train")
-        .map(|v| (v["step"].as_u64().expect("step"), v["loss"].as_f64().expect("loss")))
+        .map(|v| {
+            (
+                v["step"].as_u64().expect("step"),
+                v["loss"].as_f64().expect("loss"),
+            )
+        })
         .collect()
 }
