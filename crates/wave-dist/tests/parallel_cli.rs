@@ -211,3 +211,35 @@ fn killing_one_rank_ends_every_rank_within_60_s_naming_it() {
         assert!(!alive, "rank process {pid} still running");
     }
 }
+
+#[test]
+fn a_time_budget_stops_every_rank_at_the_same_step() {
+    let Some(data) = agnews_test_split() else {
+        return;
+    };
+    if !mpirun_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run = tmp.path().join("budget");
+    let started = Instant::now();
+    let out = mpirun()
+        .args(["-n", "2", env!("CARGO_BIN_EXE_wave-dist")])
+        .args(job(
+            data,
+            &run,
+            &["train.max_steps=1000000", "train.max_seconds=2"],
+        ))
+        .output()
+        .expect("mpirun");
+    let steps = summary(&ok(&out))["steps"].as_u64().expect("steps");
+    assert!(
+        steps > 0 && steps < 1_000_000,
+        "stopped by the budget after {steps} steps"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+}

@@ -176,3 +176,13 @@ pub fn sum_over_ranks(
     comm.all_reduce_sum_(&mut t, context)?;
     Ok(Vec::<f64>::try_from(t.to_kind(Kind::Double)).unwrap_or_default())
 }
+
+/// The mean of one number over ranks (each rank's window loss, for example).
+pub fn mean_over_ranks(
+    comm: &Communicator,
+    value: f64,
+    device: Device,
+    context: &str,
+) -> Result<f64, Error> {
+    Ok(sum_over_ranks(comm, &[value], device, context)?[0] / comm.world_size() as f64)
+}

@@ -18,7 +18,9 @@ use crate::config::{JobConfig, OnFailure};
 use crate::device::parse_device;
 use crate::metrics::{peak_rss_mb, EvalRecord, MetricsSink, TrainRecord};
 use crate::optim::{lr_at, AdamW};
-use crate::parallel::{agree_on_job, average_gradients, broadcast_parameters, sum_over_ranks};
+use crate::parallel::{
+    agree_on_job, average_gradients, broadcast_parameters, mean_over_ranks, sum_over_ranks,
+};
 use crate::Error;
 
 /// Labels equal to this are ignored by the loss and the accuracy (padding rows).
@@ -324,9 +326,14 @@ fn train_on(cfg: &JobConfig, comm: &Communicator, device: Device) -> Result<RunS
     let started = Instant::now();
 
     while step < total_steps {
-        if t.max_seconds > 0.0 && train_secs >= t.max_seconds {
-            tracing::info!(step, "train.max_seconds reached");
-            break;
+        // Every rank must stop at the same step, or the others would wait in a collective that
+        // never completes: the budget is spent when it is spent on any rank.
+        if t.max_seconds > 0.0 {
+            let spent = f64::from(u8::from(train_secs >= t.max_seconds));
+            if sum_over_ranks(comm, &[spent], device, "time budget")?[0] > 0.0 {
+                tracing::info!(step, "train.max_seconds reached");
+                break;
+            }
         }
         let lr = lr_at(t, step, total_steps);
         let wait_start = Instant::now();
@@ -397,13 +404,8 @@ fn train_on(cfg: &JobConfig, comm: &Communicator, device: Device) -> Result<RunS
 
         if step % t.log_every_steps == 0 || step == total_steps {
             let secs = (win_wait + win_compute + win_comm + win_skew).max(1e-9);
-            last_loss = sum_over_ranks(
-                comm,
-                &[win_loss / win_steps as f64],
-                device,
-                "loss reduction",
-            )?[0]
-                / world as f64;
+            last_loss =
+                mean_over_ranks(comm, win_loss / win_steps as f64, device, "loss reduction")?;
             // Every rank consumes the same number of rows and tokens per step, in the same time.
             let (global_samples, global_tokens) = (win_samples * world, win_tokens * world);
             let record = TrainRecord {
@@ -486,9 +488,8 @@ fn train_on(cfg: &JobConfig, comm: &Communicator, device: Device) -> Result<RunS
         bar.finish_and_clear();
     }
     if win_steps > 0 {
-        // A max_seconds stop is taken at the same step on every rank only by chance of timing;
-        // the window mean here stays local so no rank waits in a collective the others skip.
-        last_loss = win_loss / win_steps as f64;
+        // All ranks stop at the same step (see the time budget above), so this reduction is safe.
+        last_loss = mean_over_ranks(comm, win_loss / win_steps as f64, device, "loss reduction")?;
     }
 
     if let Some(mut saver) = saver.take() {
