@@ -69,37 +69,12 @@ fn weights(run_dir: &Path) -> Vec<u8> {
     std::fs::read(run_dir.join("model.safetensors")).expect("final weights")
 }
 
-/// `mpirun` if it is installed; otherwise skip (or fail under `CI=true`).
-fn mpirun_available() -> bool {
-    let ok = Command::new("mpirun")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "mpirun is missing (install openmpi-bin)"
-        );
-        eprintln!("SKIP: mpirun is missing (install openmpi-bin)");
-    }
-    ok
-}
-
 /// `mpirun --oversubscribe -n <ranks> wave-dist train …` to completion.
 fn train_mpi(ranks: usize, data: &Path, run_dir: &Path, extra: &[&str]) -> Output {
-    Command::new("mpirun")
-        .args([
-            "--oversubscribe",
-            "-n",
-            &ranks.to_string(),
-            env!("CARGO_BIN_EXE_wave-dist"),
-        ])
+    mpirun()
+        .args(["-n", &ranks.to_string(), env!("CARGO_BIN_EXE_wave-dist")])
         .args(train_args(data, run_dir, extra))
-        .current_dir(workspace_root())
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("WAVE_LOG", "info")
-        .stdin(Stdio::null())
         .output()
         .expect("run mpirun")
 }

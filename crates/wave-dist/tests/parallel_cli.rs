@@ -8,32 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// `mpirun` if it is installed; otherwise skip (or fail under `CI=true`).
-fn mpirun_available() -> bool {
-    let ok = Command::new("mpirun")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "mpirun is missing (install openmpi-bin)"
-        );
-        eprintln!("SKIP: mpirun is missing (install openmpi-bin)");
-    }
-    ok
-}
-
-fn mpirun() -> Command {
-    let mut cmd = Command::new("mpirun");
-    cmd.arg("--oversubscribe")
-        .current_dir(workspace_root())
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .stdin(Stdio::null());
-    cmd
-}
-
 /// Smoke-config arguments for 30 steps without dropout, logging every step.
 fn job(data: &Path, run_dir: &Path, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = vec![

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 /// The workspace root (two levels above this crate).
@@ -123,4 +123,31 @@ pub fn train_losses(run_dir: &Path) -> Vec<(u64, f64)> {
             )
         })
         .collect()
+}
+
+/// `mpirun` if it is installed; otherwise skip (or fail under `CI=true`).
+pub fn mpirun_available() -> bool {
+    let ok = Command::new("mpirun")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "mpirun is missing (install openmpi-bin)"
+        );
+        eprintln!("SKIP: mpirun is missing (install openmpi-bin)");
+    }
+    ok
+}
+
+/// `mpirun --oversubscribe` from the workspace root, allowed to run as root.
+pub fn mpirun() -> Command {
+    let mut cmd = Command::new("mpirun");
+    cmd.arg("--oversubscribe")
+        .current_dir(workspace_root())
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .stdin(Stdio::null());
+    cmd
 }
