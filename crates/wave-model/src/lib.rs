@@ -20,7 +20,7 @@
 //! let net = WaveNetwork::new(&vs.root(), &cfg)?;
 //! let ids = Tensor::from_slice(&[101i64, 2023, 2003, 102]).view([1, 4]);
 //! let mask = Tensor::ones([1, 4], (Kind::Int64, Device::Cpu));
-//! let logits = net.classify(&ids, &mask, false)?; // (1, 2)
+//! let logits = net.classify(&ids, &mask, None)?; // (1, 2)
 //! println!("{:?}, {:?}", logits.size(), cfg.param_counts());
 //! # Ok::<(), wave_model::Error>(())
 //! ```
@@ -32,9 +32,11 @@ mod config;
 mod counts;
 mod error;
 mod network;
+pub mod noise;
 pub mod wave;
 
 pub use config::{Head, Mode, ModelConfig, Pooling, PositionEncoding, ToReal};
 pub use counts::ParamCounts;
 pub use error::Error;
 pub use network::WaveNetwork;
+pub use noise::SampleNoise;

@@ -3,6 +3,7 @@
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
+use crate::noise::{dropout_stream, SampleNoise};
 use crate::wave::{combine, imaginary_part, modulation_magnitude};
 use crate::{Error, Head, Mode, ModelConfig, Pooling, PositionEncoding, ToReal};
 
@@ -181,8 +182,24 @@ impl WaveNetwork {
     }
 
     /// Token features `(B, T, D)` for ids `(B, T)` (int64) and mask `(B, T)` (1 = real token).
-    pub fn encode(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor, Error> {
+    /// `dropout`: the step's per-sample keys when training (masks are drawn from them, see
+    /// [`crate::noise`]); `None` for inference.
+    pub fn encode(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        dropout: Option<&SampleNoise>,
+    ) -> Result<Tensor, Error> {
         self.check_inputs(ids, mask)?;
+        if let Some(noise) = dropout {
+            if noise.rows() != ids.size()[0] {
+                return Err(Error::BadInput(format!(
+                    "dropout keys for {} samples, batch has {}",
+                    noise.rows(),
+                    ids.size()[0]
+                )));
+            }
+        }
         let t = ids.size()[1];
         let mut x = self.token_embedding.forward(ids);
         match &self.position {
@@ -199,12 +216,13 @@ impl WaveNetwork {
         }
         let m = mask.to_kind(x.kind()).unsqueeze(-1);
         x = x * &m;
-        for layer in &self.layers {
-            x = (&x
-                + layer
-                    .forward(&x, &m, &self.cfg)
-                    .dropout(self.cfg.dropout, train))
-                * &m;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let out = layer.forward(&x, &m, &self.cfg);
+            let out = match dropout {
+                Some(noise) => noise.dropout(&out, self.cfg.dropout, dropout_stream(l)),
+                None => out,
+            };
+            x = (&x + out) * &m;
         }
         Ok(x)
     }
@@ -224,18 +242,31 @@ impl WaveNetwork {
     }
 
     /// Class logits `(B, C)`. Errors if the network has no classification head.
-    pub fn classify(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor, Error> {
+    pub fn classify(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        dropout: Option<&SampleNoise>,
+    ) -> Result<Tensor, Error> {
         let OutputHead::Classifier(classifier) = &self.head else {
             return Err(Error::BadInput(
                 "classify() needs model.head = \"classification\"".into(),
             ));
         };
-        let pooled = self.pool(&self.encode(ids, mask, train)?, mask);
-        Ok(classifier.forward(&pooled.dropout(self.cfg.dropout, train)))
+        let pooled = self.pool(&self.encode(ids, mask, dropout)?, mask);
+        let pooled = match dropout {
+            Some(noise) => {
+                noise.dropout(&pooled, self.cfg.dropout, dropout_stream(self.cfg.n_layers))
+            }
+            None => pooled,
+        };
+        Ok(classifier.forward(&pooled))
     }
 
-    /// Vocabulary logits `(B, T, V)` from the head tied to the token embedding.
-    pub fn token_logits(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor, Error> {
+    /// Vocabulary logits `(..., V)` of token features `(..., D)` (any leading shape, e.g. only the
+    /// gathered positions a loss needs), from the head tied to the token embedding:
+    /// `LayerNorm(GELU(h W + b)) E^T / sqrt(d) + bias`.
+    pub fn lm_logits(&self, features: &Tensor) -> Result<Tensor, Error> {
         let OutputHead::Tokens {
             transform,
             norm,
@@ -243,14 +274,24 @@ impl WaveNetwork {
         } = &self.head
         else {
             return Err(Error::BadInput(
-                "token_logits() needs a masked_lm or causal_lm head".into(),
+                "token logits need a masked_lm or causal_lm head".into(),
             ));
         };
-        let h = norm.forward(
-            &transform
-                .forward(&self.encode(ids, mask, train)?)
-                .gelu("none"),
-        );
-        Ok(h.matmul(&self.token_embedding.ws.tr()) + bias)
+        let h = norm.forward(&transform.forward(features).gelu("none"));
+        // The embedding rows are N(0, 1) (PyTorch's default, kept for the input side), so h·e has
+        // variance d: scaling by 1/sqrt(d) starts the logits at unit scale (loss ≈ ln V).
+        let scale = 1.0 / (self.cfg.d_model as f64).sqrt();
+        Ok(h.matmul(&self.token_embedding.ws.tr()) * scale + bias)
+    }
+
+    /// Vocabulary logits `(B, T, V)` at every position (tests and small inputs; training gathers
+    /// the supervised positions first and calls [`WaveNetwork::lm_logits`]).
+    pub fn token_logits(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        dropout: Option<&SampleNoise>,
+    ) -> Result<Tensor, Error> {
+        self.lm_logits(&self.encode(ids, mask, dropout)?)
     }
 }

@@ -123,15 +123,15 @@ fn appending_padding_does_not_change_outputs() {
         let long = ids(&[&[5, 9, 3, 7, 11, 0, 0, 0]]);
         let short_mask = Tensor::ones([1, 5], (Kind::Int64, Device::Cpu));
         let long_mask = ids(&[&[1, 1, 1, 1, 1, 0, 0, 0]]);
-        let a = net.classify(&short, &short_mask, false).expect("forward");
-        let b = net.classify(&long, &long_mask, false).expect("forward");
+        let a = net.classify(&short, &short_mask, None).expect("forward");
+        let b = net.classify(&long, &long_mask, None).expect("forward");
         assert!(
             max_abs_diff(&a, &b) < 1e-5,
             "logits changed with padding for {cfg:?}"
         );
-        let fa = net.encode(&short, &short_mask, false).expect("forward");
+        let fa = net.encode(&short, &short_mask, None).expect("forward");
         let fb = net
-            .encode(&long, &long_mask, false)
+            .encode(&long, &long_mask, None)
             .expect("forward")
             .narrow(1, 0, 5);
         assert!(
@@ -143,7 +143,9 @@ fn appending_padding_does_not_change_outputs() {
 
 fn assert_finite_gradients(cfg: &ModelConfig, ids: &Tensor, mask: &Tensor, what: &str) {
     let (vs, net) = build(cfg);
-    let logits = net.classify(ids, mask, true).expect("forward");
+    let rows = ids.size()[0] as u64;
+    let noise = wave_model::SampleNoise::new(1, 0, &(0..rows).collect::<Vec<_>>(), ids.device());
+    let logits = net.classify(ids, mask, Some(&noise)).expect("forward");
     assert!(
         bool::try_from(logits.isfinite().all()).expect("bool"),
         "{what}: logits not finite for {cfg:?}"
@@ -183,10 +185,10 @@ fn pooled_output_ignores_token_order_only_without_position_encoding() {
         let (_vs, net) = build(&cfg);
         let mask = Tensor::ones([1, 6], (Kind::Int64, Device::Cpu));
         let a = net
-            .classify(&ids(&[&[1, 2, 3, 4, 5, 6]]), &mask, false)
+            .classify(&ids(&[&[1, 2, 3, 4, 5, 6]]), &mask, None)
             .expect("forward");
         let b = net
-            .classify(&ids(&[&[6, 4, 2, 5, 3, 1]]), &mask, false)
+            .classify(&ids(&[&[6, 4, 2, 5, 3, 1]]), &mask, None)
             .expect("forward");
         let diff = max_abs_diff(&a, &b);
         match cfg.position {
@@ -211,7 +213,7 @@ fn first_token_pooling_reads_position_zero() {
     let (_vs, net) = build(&cfg);
     let mask = Tensor::ones([1, 3], (Kind::Int64, Device::Cpu));
     let features = net
-        .encode(&ids(&[&[1, 2, 3]]), &mask, false)
+        .encode(&ids(&[&[1, 2, 3]]), &mask, None)
         .expect("forward");
     assert!(max_abs_diff(&net.pool(&features, &mask), &features.select(1, 0)) == 0.0);
 }
@@ -225,10 +227,10 @@ fn causal_head_lets_a_position_see_only_itself_and_earlier_tokens() {
     let (_vs, net) = build(&cfg);
     let mask = Tensor::ones([1, 6], (Kind::Int64, Device::Cpu));
     let a = net
-        .token_logits(&ids(&[&[1, 2, 3, 4, 5, 6]]), &mask, false)
+        .token_logits(&ids(&[&[1, 2, 3, 4, 5, 6]]), &mask, None)
         .expect("forward");
     let b = net
-        .token_logits(&ids(&[&[1, 2, 3, 9, 9, 9]]), &mask, false)
+        .token_logits(&ids(&[&[1, 2, 3, 9, 9, 9]]), &mask, None)
         .expect("forward");
     assert_eq!(a.size(), vec![1, 6, 50]);
     assert!(
@@ -348,7 +350,7 @@ fn inputs_longer_than_the_position_table_are_rejected() {
     ));
     let long = Tensor::ones([1, 40], (Kind::Int64, Device::Cpu));
     let err = net
-        .classify(&long, &long, false)
+        .classify(&long, &long, None)
         .expect_err("too long")
         .to_string();
     assert!(err.contains("max_positions"), "{err}");
