@@ -327,6 +327,24 @@ impl CheckpointStore {
         })
     }
 
+    /// Deletes every checkpoint under the root, `latest` first (so no reader follows it into a
+    /// half-deleted step). For a fresh run told to overwrite what a previous run left.
+    pub fn clear(&self) -> Result<Vec<u64>> {
+        self.rt.block_on(async {
+            self.delete(LATEST.to_string()).await?;
+            let steps = self.list_steps().await?;
+            for (step, _) in &steps {
+                self.delete_step(*step).await?;
+            }
+            let cleared: Vec<u64> = steps.iter().map(|(s, _)| *s).collect();
+            info!(
+                "checkpoint root {} cleared: steps {cleared:?}",
+                self.root.uri
+            );
+            Ok(cleared)
+        })
+    }
+
     // ---- one save attempt -------------------------------------------------------------------
 
     /// Returns the manifest sha256 and whether `latest` moved.

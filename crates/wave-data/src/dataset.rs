@@ -140,6 +140,16 @@ impl Dataset {
             })
     }
 
+    /// UTF-8 bytes of source text per token of `split`, when the manifest records both (data
+    /// sets pre-tokenized at prepare time); the basis of bits per byte.
+    pub fn bytes_per_token(&self, split: &str) -> Option<f64> {
+        let s = self.inner.manifest.splits.get(split)?;
+        match (s.text_bytes, s.tokens) {
+            (Some(bytes), Some(tokens)) if tokens > 0 => Some(bytes as f64 / tokens as f64),
+            _ => None,
+        }
+    }
+
     /// Number of classes (label names), for labelled data.
     pub fn num_classes(&self) -> Option<usize> {
         self.inner.manifest.label_names.as_ref().map(Vec::len)

@@ -68,7 +68,7 @@ pub use dataset::{Columns, Dataset, RowGroupData, RowGroupRef};
 pub use error::{Error, Result};
 pub use fetch::{fetch, recipe, verify_archive, FetchReport, Recipe, MIRROR_ENV};
 pub use inspect::{inspect, InspectOptions};
-pub use loader::{Batch, Cursor, Loader, LoaderOptions, CURSOR_VERSION, IGNORE_LABEL};
+pub use loader::{Batch, Cursor, Fetched, Loader, LoaderOptions, CURSOR_VERSION, IGNORE_LABEL};
 pub use manifest::Manifest;
 pub use order::batches_per_epoch;
 pub use prepare::{prepare, stratified_split, PrepareOptions, PrepareReport};

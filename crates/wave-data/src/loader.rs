@@ -6,9 +6,10 @@
 //! and pads to the longest row of the batch.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -178,6 +179,17 @@ impl Cursor {
     }
 }
 
+/// What [`Loader::next_batch_within`] found.
+#[derive(Debug)]
+pub enum Fetched {
+    /// The next batch.
+    Batch(Batch),
+    /// The loader has delivered its last batch.
+    End,
+    /// Nothing arrived within the wait; ask again.
+    Waiting,
+}
+
 enum Msg {
     Batch(Batch, Cursor),
     End,
@@ -318,24 +330,37 @@ impl Loader {
     /// The next batch; `None` once `epochs` are exhausted. Errors from the background thread
     /// (unreadable shard, bad row ...) surface here.
     pub fn next_batch(&mut self) -> Result<Option<Batch>> {
-        if self.finished {
-            return Ok(None);
+        loop {
+            match self.next_batch_within(Duration::from_secs(3600))? {
+                Fetched::Batch(b) => return Ok(Some(b)),
+                Fetched::End => return Ok(None),
+                Fetched::Waiting => {}
+            }
         }
-        let msg = self.rx.as_ref().map(Receiver::recv);
+    }
+
+    /// Like [`Loader::next_batch`], but waits at most `wait`: a caller that must react to
+    /// something else (a stop signal) while data is slow polls with this.
+    pub fn next_batch_within(&mut self, wait: Duration) -> Result<Fetched> {
+        if self.finished {
+            return Ok(Fetched::End);
+        }
+        let msg = self.rx.as_ref().map(|rx| rx.recv_timeout(wait));
         match msg {
             Some(Ok(Msg::Batch(b, c))) => {
                 self.cursor = c;
-                Ok(Some(b))
+                Ok(Fetched::Batch(b))
             }
             Some(Ok(Msg::End)) => {
                 self.finished = true;
-                Ok(None)
+                Ok(Fetched::End)
             }
             Some(Ok(Msg::Failed(e))) => {
                 self.finished = true;
                 Err(e)
             }
-            Some(Err(_)) | None => {
+            Some(Err(RecvTimeoutError::Timeout)) => Ok(Fetched::Waiting),
+            Some(Err(RecvTimeoutError::Disconnected)) | None => {
                 self.finished = true;
                 Err(Error::LoaderStopped {
                     split: self.split.clone(),

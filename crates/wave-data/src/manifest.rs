@@ -72,6 +72,9 @@ pub struct Split {
     /// Total tokens in `input_ids`, when pre-tokenized.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<u64>,
+    /// UTF-8 bytes of the source text those tokens encode (for bits per byte), when pre-tokenized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_bytes: Option<u64>,
     /// Shards in row order.
     pub shards: Vec<Shard>,
 }

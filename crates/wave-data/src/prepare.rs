@@ -456,6 +456,7 @@ fn write_all(
                 rows: n as u64,
                 label_counts: label_counts.clone(),
                 tokens,
+                text_bytes: None,
                 shards,
             },
         );

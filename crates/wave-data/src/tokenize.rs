@@ -108,6 +108,20 @@ impl TextEncoder {
             .find_map(|t| self.tokenizer.token_to_id(t))
     }
 
+    /// Ids of the tokenizer's special tokens (`[CLS]`, `[SEP]`, `[PAD]`, `[MASK]`, `[UNK]` …: the
+    /// added tokens flagged special), ascending. Masked LM never selects these.
+    pub fn special_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self
+            .tokenizer
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Id of the separator placed between packed documents (`[SEP]`, `</s>` or `<|endoftext|>`).
     pub fn sep_id(&self) -> Option<u32> {
         ["[SEP]", "</s>", "<|endoftext|>"]
