@@ -11,15 +11,9 @@
 //! metrics.json            the last train and eval metrics lines
 //! ```
 //!
-//! Pre-emption: [`sigterm_flag`] turns SIGTERM into a flag the training loop checks once per
-//! step, so a pre-empted single-process job finishes its step, saves, waits for the upload and
-//! exits 0 (the checkpoint is committed, so the scheduler's retry resumes cleanly; a failed
-//! final save exits non-zero). Multi-rank jobs keep SIGTERM's default action: mpirun sends it to
-//! the surviving ranks when one dies, and they must end at once rather than wait in a collective
-//! that can never complete; they resume from their last periodic checkpoint.
-
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+//! Pre-emption (SIGTERM/SIGUSR1 on any rank) is agreed by all ranks at a step boundary (see
+//! `stop`); rank 0 then commits a final checkpoint and every rank exits 0, so the scheduler's retry
+//! resumes cleanly; a final save that fails exits non-zero.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -217,46 +211,10 @@ pub fn locate(
     }
 }
 
-/// A flag set when the process receives SIGTERM (the signal no longer terminates it). The
-/// handler runs on a small background thread; the training loop polls the flag once per step.
-pub fn sigterm_flag() -> Result<Arc<AtomicBool>, Error> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let set = flag.clone();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-    std::thread::Builder::new()
-        .name("wave-sigterm".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e.to_string()));
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                use tokio::signal::unix::{signal, SignalKind};
-                let mut term = match signal(SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
-                while term.recv().await.is_some() {
-                    set.store(true, Ordering::SeqCst);
-                }
-            });
-        })
-        .map_err(|e| Error::Io(format!("cannot start the SIGTERM thread: {e}")))?;
-    match ready_rx.recv() {
-        Ok(Ok(())) => Ok(flag),
-        Ok(Err(e)) => Err(Error::Io(format!("cannot install a SIGTERM handler: {e}"))),
-        Err(_) => Err(Error::Io(
-            "the SIGTERM thread stopped before installing its handler".into(),
-        )),
-    }
+/// Deletes every checkpoint under `store`'s root (`checkpoint.overwrite = true`).
+pub fn clear(store: &CheckpointStore) -> Result<(), Error> {
+    store
+        .clear()
+        .map(|_| ())
+        .map_err(|e| store_error(store.uri(), e))
 }

@@ -7,6 +7,7 @@ use wave_comm::CommConfig;
 use wave_data::DataConfig;
 use wave_model::ModelConfig;
 
+use crate::objective::ObjectiveKind;
 use crate::Error;
 
 /// Learning-rate decay after warmup.
@@ -80,7 +81,16 @@ impl From<Resume> for ResumeValue {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
-    /// Seeds initialisation, data order and dropout. Same seed ⇒ same losses on CPU.
+    /// What to learn: `"classification"`, `"masked_lm"` or `"causal_lm"`. The model head follows
+    /// from it (`model.head` may be left out; if given, it must agree). Unset = `model.head`'s.
+    pub objective: Option<ObjectiveKind>,
+    /// Masked LM: fraction of real, non-special tokens selected for prediction (BERT: 0.15).
+    pub mask_rate: f64,
+    /// Start from the weights of another run: a run folder (its `model.safetensors`) or a
+    /// checkpoint (root or step folder, any store). Every tensor whose name and shape match is
+    /// loaded; heads that differ start fresh; the optimizer always starts fresh. "" = random init.
+    pub init_from: String,
+    /// Seeds initialisation, data order, dropout and masking. Same seed ⇒ same losses on CPU.
     pub seed: u64,
     /// Passes over the training split (used when `max_steps` is 0).
     pub epochs: u64,
@@ -133,6 +143,9 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
+            objective: None,
+            mask_rate: 0.15,
+            init_from: String::new(),
             seed: 0,
             epochs: 1,
             max_steps: 0,
@@ -188,6 +201,9 @@ pub struct CheckpointConfig {
     pub max_in_flight: usize,
     /// `"continue"` (default) or `"stop"` when a save fails after its retries.
     pub on_failure: OnFailure,
+    /// A fresh run (`train.resume = "never"`, or `"auto"` finding nothing of its own) refuses a
+    /// root that already holds committed checkpoints; `true` deletes them first instead.
+    pub overwrite: bool,
 }
 
 impl Default for CheckpointConfig {
@@ -199,6 +215,7 @@ impl Default for CheckpointConfig {
             keep_every: 0,
             max_in_flight: 2,
             on_failure: OnFailure::Continue,
+            overwrite: false,
         }
     }
 }
@@ -251,8 +268,12 @@ impl JobConfig {
         for item in overrides {
             apply_override(&mut doc, item)?;
         }
-        let cfg: JobConfig =
-            serde_path_to_error::deserialize(toml::Value::Table(doc)).map_err(|e| {
+        let head_given = doc
+            .get("model")
+            .and_then(toml::Value::as_table)
+            .is_some_and(|m| m.contains_key("head"));
+        let mut cfg: JobConfig = serde_path_to_error::deserialize(toml::Value::Table(doc))
+            .map_err(|e| {
                 let path = e.path().to_string();
                 let inner = e.into_inner().message().trim().to_string();
                 if path == "." || path.is_empty() {
@@ -261,8 +282,33 @@ impl JobConfig {
                     Error::Config(format!("{path}: {inner}"))
                 }
             })?;
+        cfg.resolve_objective(head_given)?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// `train.objective` decides the head; an explicit `model.head` that says otherwise is refused.
+    fn resolve_objective(&mut self, head_given: bool) -> Result<(), Error> {
+        match self.train.objective {
+            None => self.train.objective = Some(ObjectiveKind::for_head(self.model.head)),
+            Some(objective) if head_given && objective.head() != self.model.head => {
+                return Err(Error::Config(format!(
+                    "train.objective = {:?} needs model.head = {:?}, but model.head = {:?}: leave model.head out or make them agree",
+                    objective.name(),
+                    ObjectiveKind::for_head(objective.head()).name(),
+                    ObjectiveKind::for_head(self.model.head).name(),
+                )));
+            }
+            Some(objective) => self.model.head = objective.head(),
+        }
+        Ok(())
+    }
+
+    /// The objective (resolved when the config was loaded).
+    pub fn objective(&self) -> ObjectiveKind {
+        self.train
+            .objective
+            .unwrap_or(ObjectiveKind::for_head(self.model.head))
     }
 
     /// Checks what can be checked before any data or tensor exists; names the key.
@@ -298,6 +344,9 @@ impl JobConfig {
                 "train",
                 "grad_clip, weight_decay and max_seconds must be >= 0",
             );
+        }
+        if !(t.mask_rate > 0.0 && t.mask_rate < 1.0) {
+            return bad("train.mask_rate", "must be in (0, 1)");
         }
         if !(0.0..1.0).contains(&t.beta1) || !(0.0..1.0).contains(&t.beta2) {
             return bad("train.beta1/beta2", "must be in [0, 1)");

@@ -31,6 +31,9 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// Rank 0 refused to start (resume point or checkpoint root); every rank reports the reason.
+    #[error("{0}")]
+    StartRefused(String),
     /// Training produced a non-finite loss.
     #[error("loss became {loss} at step {step}; lower train.lr or check the data")]
     Diverged {

@@ -25,14 +25,22 @@ pub mod checkpoint;
 mod config;
 mod device;
 mod error;
+pub mod eval;
 pub mod metrics;
+pub mod objective;
 pub mod optim;
 mod parallel;
+mod saving;
+mod state;
+mod step;
+pub mod stop;
 mod trainer;
+mod window;
 
 pub use config::{CheckpointConfig, JobConfig, OnFailure, Resume, Schedule, TrainConfig};
 pub use device::parse_device;
 pub use error::Error;
-pub use trainer::{
-    evaluate, evaluate_run, logits_of_run, open_data, train, EvalResult, Params, RunSummary,
-};
+pub use eval::{evaluate_run, logits_of_run, EvalResult};
+pub use objective::{Objective, ObjectiveKind};
+pub use state::open_data;
+pub use trainer::{train, Params, RunSummary};

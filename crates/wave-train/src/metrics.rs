@@ -55,6 +55,9 @@ pub struct TrainRecord {
     pub samples_per_s: f64,
     /// Real (non-padding) tokens per second over the window.
     pub tokens_per_s: f64,
+    /// Model FLOP/s: real tokens per second times the model's training FLOPs per token
+    /// (`ModelConfig::train_flops_per_token`: matrix products, forward and backward).
+    pub model_flops_per_s: f64,
     /// Seconds since training started (evaluation excluded).
     pub elapsed_s: f64,
     /// Seconds of the window spent waiting for data.
@@ -76,12 +79,10 @@ pub struct EvalRecord {
     pub step: u64,
     /// Split evaluated.
     pub split: String,
-    /// Mean cross-entropy per sample.
-    pub loss: f64,
-    /// Fraction of samples whose arg-max class is the label.
-    pub accuracy: f64,
-    /// Samples evaluated.
-    pub samples: u64,
+    /// The evaluation's figures (loss, accuracy, samples, and for language models tokens,
+    /// perplexity and bits per byte).
+    #[serde(flatten)]
+    pub result: crate::eval::EvalResult,
 }
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`; 0 where unavailable).

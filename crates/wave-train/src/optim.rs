@@ -53,9 +53,18 @@ impl AdamW {
         self.step
     }
 
-    /// The parameters, in optimizer order.
-    pub fn params(&self) -> impl Iterator<Item = &Tensor> {
-        self.slots.iter().map(|s| &s.param)
+    /// Sets the step counter (bias correction) of a state whose moments arrived another way
+    /// (broadcast from rank 0 after a resume).
+    pub fn set_steps(&mut self, step: u64) {
+        self.step = step;
+    }
+
+    /// Named parameters, in optimizer order.
+    pub fn named_params(&self) -> Vec<(String, Tensor)> {
+        self.slots
+            .iter()
+            .map(|s| (s.name.clone(), s.param.shallow_clone()))
+            .collect()
     }
 
     /// One update with learning rate `lr` from the gradients currently held by the parameters.

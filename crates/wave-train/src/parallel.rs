@@ -79,15 +79,20 @@ pub fn agree_on_job(
     Ok(())
 }
 
-/// Rank 0's parameters to every rank (identical start even if initialisation were not seeded).
-pub fn broadcast_parameters(comm: &Communicator, params: &[(String, Tensor)]) -> Result<(), Error> {
+/// Rank 0's values of `tensors` to every rank, in place (parameters at start-up, optimizer moments
+/// after a resume).
+pub fn broadcast_tensors(
+    comm: &Communicator,
+    tensors: &[(String, Tensor)],
+    context: &str,
+) -> Result<(), Error> {
     if comm.world_size() == 1 {
         return Ok(());
     }
     tch::no_grad(|| {
-        for (_, p) in params {
-            let mut p = p.shallow_clone();
-            comm.broadcast_(&mut p, "initial parameters")?;
+        for (_, t) in tensors {
+            let mut t = t.shallow_clone();
+            comm.broadcast_(&mut t, context)?;
         }
         Ok(())
     })
@@ -102,63 +107,108 @@ pub struct SyncTimes {
     pub reduce_s: f64,
 }
 
-/// Averages the gradients over ranks: flattened into buckets of about `bucket_bytes`, one sum
-/// all-reduce each (the trainer scales the loss by `1 / world`, so the sum is the mean without
-/// another pass over memory). Called once per optimizer step, after the last micro-batch. A barrier first
-/// separates waiting for slower ranks from the cost of the reduction itself (one small message
-/// per step; a stalled rank then shows up as skew, not as a slow network).
-pub fn average_gradients(
-    comm: &Communicator,
-    params: &[Tensor],
-    bucket_bytes: usize,
-    step: u64,
-) -> Result<SyncTimes, Error> {
-    if comm.world_size() == 1 {
-        return Ok(SyncTimes::default());
-    }
-    let started = Instant::now();
-    comm.barrier(&format!("before the gradients of step {step}"))?;
-    let skew_s = started.elapsed().as_secs_f64();
-    let reduce_start = Instant::now();
-    let grads: Vec<Tensor> = params
-        .iter()
-        .map(Tensor::grad)
-        .filter(Tensor::defined)
-        .collect();
-    let context = format!("gradients of step {step}");
-    let mut start = 0;
-    while start < grads.len() {
-        let mut end = start;
-        let mut bytes = 0;
-        while end < grads.len() && (end == start || bytes + 4 * grads[end].numel() <= bucket_bytes)
-        {
-            bytes += 4 * grads[end].numel();
-            end += 1;
+/// The gradient buckets: a fixed partition of the parameters (in optimizer order) into runs of
+/// about `bucket_bytes`, the same on every rank (checked once at start-up, names, shapes and
+/// order), so no rank can ever reduce a bucket its peers lay out differently.
+pub struct GradientBuckets {
+    params: Vec<Tensor>,
+    /// Index ranges into `params`, one per bucket.
+    buckets: Vec<std::ops::Range<usize>>,
+}
+
+impl GradientBuckets {
+    /// Lays out `params` (names in optimizer order) and proves every rank has the same layout.
+    /// Gradients are allocated (zero) for every parameter, so each step reduces every bucket even
+    /// where a rank's micro-batches left some parameter untouched.
+    pub fn new(
+        comm: &Communicator,
+        params: &[(String, Tensor)],
+        bucket_bytes: usize,
+    ) -> Result<GradientBuckets, Error> {
+        let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).collect();
+        allocate_grads(&tensors);
+        let mut buckets = Vec::new();
+        let mut start = 0;
+        while start < tensors.len() {
+            let (mut end, mut bytes) = (start, 0);
+            while end < tensors.len()
+                && (end == start || bytes + 4 * tensors[end].numel() <= bucket_bytes)
+            {
+                bytes += 4 * tensors[end].numel();
+                end += 1;
+            }
+            buckets.push(start..end);
+            start = end;
         }
-        tch::no_grad(|| -> Result<(), Error> {
-            if end - start == 1 && grads[start].is_contiguous() {
-                // A tensor that fills a bucket alone (the embedding) is reduced where it lies.
-                let mut view = grads[start].view([-1]);
-                return Ok(comm.all_reduce_sum_(&mut view, &context)?);
-            }
-            let flat: Vec<Tensor> = grads[start..end].iter().map(|g| g.reshape([-1])).collect();
-            let mut bucket = Tensor::cat(&flat, 0);
-            comm.all_reduce_sum_(&mut bucket, &context)?;
-            let mut offset = 0;
-            for g in &grads[start..end] {
-                let n = g.numel() as i64;
-                let mut view = g.view([-1]);
-                view.copy_(&bucket.narrow(0, offset, n));
-                offset += n;
-            }
-            Ok(())
-        })?;
-        start = end;
+        let layout: Vec<String> = buckets
+            .iter()
+            .map(|r| {
+                let members: Vec<String> = params[r.clone()]
+                    .iter()
+                    .map(|(n, t)| format!("{n}{:?}", t.size()))
+                    .collect();
+                members.join(",")
+            })
+            .collect();
+        comm.check_same("gradient bucket layout", layout.join(" | ").as_bytes())?;
+        Ok(GradientBuckets {
+            params: tensors,
+            buckets,
+        })
     }
-    Ok(SyncTimes {
-        skew_s,
-        reduce_s: reduce_start.elapsed().as_secs_f64(),
-    })
+
+    /// Sums the gradients over ranks, one all-reduce per bucket (the trainer scales each rank's
+    /// loss by 1 / the global unit count, so the sum is the global mean). Called once per
+    /// optimizer step, after the last micro-batch. A barrier first separates waiting for slower
+    /// ranks from the cost of the reduction itself (a stalled rank shows up as skew, not as a slow
+    /// network).
+    pub fn reduce(&self, comm: &Communicator, step: u64) -> Result<SyncTimes, Error> {
+        if comm.world_size() == 1 {
+            return Ok(SyncTimes::default());
+        }
+        let started = Instant::now();
+        comm.barrier(&format!("before the gradients of step {step}"))?;
+        let skew_s = started.elapsed().as_secs_f64();
+        let reduce_start = Instant::now();
+        let context = format!("gradients of step {step}");
+        for range in &self.buckets {
+            let grads: Vec<Tensor> = self.params[range.clone()]
+                .iter()
+                .map(Tensor::grad)
+                .collect();
+            tch::no_grad(|| -> Result<(), Error> {
+                if grads.len() == 1 && grads[0].is_contiguous() {
+                    // A tensor that fills a bucket alone (the embedding) is reduced where it lies.
+                    let mut view = grads[0].view([-1]);
+                    return Ok(comm.all_reduce_sum_(&mut view, &context)?);
+                }
+                let flat: Vec<Tensor> = grads.iter().map(|g| g.reshape([-1])).collect();
+                let mut bucket = Tensor::cat(&flat, 0);
+                comm.all_reduce_sum_(&mut bucket, &context)?;
+                let mut offset = 0;
+                for g in &grads {
+                    let n = g.numel() as i64;
+                    let mut view = g.view([-1]);
+                    view.copy_(&bucket.narrow(0, offset, n));
+                    offset += n;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(SyncTimes {
+            skew_s,
+            reduce_s: reduce_start.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// Gives every parameter a (zero) gradient: a backward pass through `0 * sum(params)`.
+fn allocate_grads(params: &[Tensor]) {
+    if params.iter().all(|p| p.grad().defined()) {
+        return;
+    }
+    let zero: Vec<Tensor> = params.iter().map(|p| p.sum(Kind::Float) * 0.0).collect();
+    Tensor::stack(&zero, 0).sum(Kind::Float).backward();
 }
 
 /// Sums a few numbers over ranks (in f32, the collectives' type; fine for counts below 2^24).
@@ -175,14 +225,4 @@ pub fn sum_over_ranks(
     let mut t = Tensor::from_slice(values).to_kind(Kind::Float).to(device);
     comm.all_reduce_sum_(&mut t, context)?;
     Ok(Vec::<f64>::try_from(t.to_kind(Kind::Double)).unwrap_or_default())
-}
-
-/// The mean of one number over ranks (each rank's window loss, for example).
-pub fn mean_over_ranks(
-    comm: &Communicator,
-    value: f64,
-    device: Device,
-    context: &str,
-) -> Result<f64, Error> {
-    Ok(sum_over_ranks(comm, &[value], device, context)?[0] / comm.world_size() as f64)
 }
