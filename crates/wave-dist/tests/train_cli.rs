@@ -210,3 +210,59 @@ fn plot_writes_loss_accuracy_and_throughput_pngs() {
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{name} is a PNG");
     }
 }
+
+#[test]
+fn tensorboard_reads_the_runs_event_file_with_the_metrics_curves() {
+    let Some(data) = agnews_test_split() else {
+        return;
+    };
+    let python = std::env::var_os("WAVE_VENV")
+        .map(|v| std::path::PathBuf::from(v).join("bin/python"))
+        .filter(|p| p.is_file());
+    let Some(python) = python else {
+        wave_testkit::missing("the set-up venv's python (WAVE_VENV, from launch/env.sh)");
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    train(data, tmp.path(), &["train.max_steps=40"]);
+    // TensorBoard's own reader, not ours: the file must be what TensorBoard understands.
+    let script = r#"
+import json, sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+acc = EventAccumulator(sys.argv[1], size_guidance={"scalars": 0})
+acc.Reload()
+print(json.dumps({tag: [[e.step, e.value] for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}))
+"#;
+    let out = std::process::Command::new(python)
+        .args(["-c", script, tmp.path().to_str().expect("utf-8")])
+        .output()
+        .expect("run python");
+    let scalars: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "tensorboard reader failed ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let losses = train_losses(tmp.path());
+    let tb: Vec<(u64, f64)> =
+        serde_json::from_value(scalars["train/loss"].clone()).expect("train/loss");
+    assert_eq!(tb.len(), losses.len(), "one event per metrics line");
+    for ((s, a), (t, b)) in losses.iter().zip(&tb) {
+        assert_eq!(s, t);
+        assert!(
+            (a - b).abs() <= 1e-6 * a.abs(),
+            "step {s}: {a} vs {b} (f32)"
+        );
+    }
+    for tag in [
+        "train/lr",
+        "train/tokens_per_s",
+        "train/model_flops_per_s",
+        "eval/test/accuracy",
+    ] {
+        assert!(
+            scalars[tag].as_array().is_some_and(|v| !v.is_empty()),
+            "{tag} missing: {scalars}"
+        );
+    }
+}

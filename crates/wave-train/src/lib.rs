@@ -34,6 +34,7 @@ mod saving;
 mod state;
 mod step;
 pub mod stop;
+pub mod tensorboard;
 mod trainer;
 mod window;
 

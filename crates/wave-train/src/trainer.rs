@@ -31,6 +31,7 @@ use crate::saving::Checkpointer;
 use crate::state::TrainState;
 use crate::step::{prepare_micro_batches, train_step};
 use crate::stop::{agree, RankReasons, StopReason, StopSignal};
+use crate::tensorboard::EventWriter;
 use crate::window::{MetricsWindow, StepReport};
 use crate::Error;
 
@@ -122,8 +123,9 @@ fn run(
 ) -> Result<RunSummary, Error> {
     let t = &cfg.train;
     let world = comm.world_size();
-    let mut out = RunOutputs::open(cfg, comm)?;
     let mut state = TrainState::build(cfg, comm, device)?;
+    // The run folder is written only once the job is known to be able to start.
+    let mut out = RunOutputs::open(cfg, comm)?;
     out.write_config(&state.resolved_toml)?;
     let bucket_bytes = (t.bucket_mb * (1 << 20) as f64) as usize;
     let buckets = GradientBuckets::new(comm, &state.opt.named_params(), bucket_bytes)?;
@@ -302,11 +304,12 @@ fn eval_data<'a>(cfg: &'a JobConfig, state: &'a TrainState) -> EvalData<'a> {
     }
 }
 
-/// What rank 0 writes while training: the run folder (config, metrics, weights), logs and the
-/// progress bar. Other ranks hold an inert one.
+/// What rank 0 writes while training: the run folder (config, metrics as JSON lines and as
+/// TensorBoard events, weights), logs and the progress bar. Other ranks hold an inert one.
 struct RunOutputs {
     run_dir: PathBuf,
     sink: Option<MetricsSink>,
+    events: Option<EventWriter>,
     progress: Option<indicatif::ProgressBar>,
     /// The last train and eval lines (stored in checkpoints as `metrics.json`).
     last_metrics: serde_json::Value,
@@ -315,15 +318,19 @@ struct RunOutputs {
 impl RunOutputs {
     fn open(cfg: &JobConfig, comm: &Communicator) -> Result<RunOutputs, Error> {
         let run_dir = cfg.run_dir();
-        let sink = if comm.is_root() {
+        let (sink, events) = if comm.is_root() {
             std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
-            Some(MetricsSink::create(&run_dir)?)
+            (
+                Some(MetricsSink::create(&run_dir)?),
+                Some(EventWriter::create(&run_dir)?),
+            )
         } else {
-            None
+            (None, None)
         };
         Ok(RunOutputs {
             run_dir,
             sink,
+            events,
             progress: None,
             last_metrics: serde_json::json!({}),
         })
@@ -387,7 +394,21 @@ impl RunOutputs {
             tokens_per_s = format!("{:.0}", record.tokens_per_s),
             "train"
         );
-        sink.write(record)
+        sink.write(record)?;
+        if let Some(events) = self.events.as_mut() {
+            events.scalars(
+                record.step,
+                &[
+                    ("train/loss", record.loss),
+                    ("train/lr", record.lr),
+                    ("train/grad_norm", record.grad_norm),
+                    ("train/samples_per_s", record.samples_per_s),
+                    ("train/tokens_per_s", record.tokens_per_s),
+                    ("train/model_flops_per_s", record.model_flops_per_s),
+                ],
+            )?;
+        }
+        Ok(())
     }
 
     fn eval(&mut self, step: u64, split: &str, result: &EvalResult) -> Result<(), Error> {
@@ -410,7 +431,26 @@ impl RunOutputs {
             bits_per_byte = ?result.bits_per_byte,
             "eval"
         );
-        sink.write(&record)
+        sink.write(&record)?;
+        if let Some(events) = self.events.as_mut() {
+            let tag = |name: &str| format!("eval/{split}/{name}");
+            let (loss, accuracy, perplexity, bpb) = (
+                tag("loss"),
+                tag("accuracy"),
+                tag("perplexity"),
+                tag("bits_per_byte"),
+            );
+            events.scalars(
+                step,
+                &[
+                    (loss.as_str(), result.loss),
+                    (accuracy.as_str(), result.accuracy),
+                    (perplexity.as_str(), result.perplexity.unwrap_or(f64::NAN)),
+                    (bpb.as_str(), result.bits_per_byte.unwrap_or(f64::NAN)),
+                ],
+            )?;
+        }
+        Ok(())
     }
 
     fn write_weights(&self, state: &TrainState) -> Result<(), Error> {

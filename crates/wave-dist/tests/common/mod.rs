@@ -151,3 +151,48 @@ pub fn mpirun() -> Command {
         .stdin(Stdio::null());
     cmd
 }
+
+/// A small corpus (the first 400 KB of the Gutenberg sample) packed into rows of 64 BERT tokens,
+/// with a 5% validation part: prepared once per test process.
+pub fn packed_corpus() -> Option<&'static Path> {
+    static DIR: OnceLock<Option<(tempfile::TempDir, PathBuf)>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let data = shared_data()?;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let text = std::fs::read(data.join("gutenberg/gutenberg_sample_10MB.txt"))
+            .expect("gutenberg sample");
+        let mut end = 400_000.min(text.len());
+        while end < text.len() && text[end] != b'\n' {
+            end += 1;
+        }
+        let input = tmp.path().join("corpus.txt");
+        std::fs::write(&input, &text[..end]).expect("write corpus");
+        let out = tmp.path().join("packed");
+        ok(&wave_dist(&[
+            "data",
+            "prepare",
+            "--format",
+            "text",
+            "--text-unit",
+            "paragraph",
+            "--input",
+            input.to_str().expect("utf-8 path"),
+            "--out",
+            out.to_str().expect("utf-8 path"),
+            "--tokenizer",
+            "bert-base-uncased",
+            "--pack-length",
+            "64",
+        ]));
+        Some((tmp, out))
+    })
+    .as_ref()
+    .map(|(_, p)| p.as_path())
+}
+
+/// `--set` arguments for every `key=value` in `sets`.
+pub fn set_args(sets: &[String]) -> Vec<String> {
+    sets.iter()
+        .flat_map(|s| ["--set".to_string(), s.clone()])
+        .collect()
+}
