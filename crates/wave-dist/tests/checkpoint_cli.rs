@@ -143,7 +143,12 @@ fn a_checkpoint_written_at_2_ranks_resumes_at_1_rank_within_the_same_epoch() {
     let out = train(
         data,
         &one,
-        &[&uri, "train.max_steps=20", "train.resume=\"auto\""],
+        &[
+            &uri,
+            "train.max_steps=20",
+            "train.resume=\"auto\"",
+            "train.log_every_steps=5",
+        ],
     );
     let stdout = ok(&out);
     assert!(

@@ -393,7 +393,7 @@ fn decide_start(
         tracing::info!(
             from = loaded.state.world_size,
             to = world,
-            "resuming a checkpoint written at another world size; the data cursor reshards"
+            "resuming a checkpoint written at a different world size; the data cursor reshards"
         );
     }
     Ok(StartPoint::Resumed {
@@ -407,11 +407,19 @@ fn decide_start(
 /// A fresh start must not write into a root holding another run's committed checkpoints.
 fn guard_fresh_root(cfg: &JobConfig, uri: &str) -> Result<(), Error> {
     let store = checkpoint::open(uri, 1)?;
-    let Some(latest) = store
-        .latest()
-        .map_err(|e| checkpoint::store_error(uri, e))?
-    else {
-        return Ok(());
+    let latest = match store.latest() {
+        Ok(Some(latest)) => latest,
+        Ok(None) => return Ok(()),
+        // An unreachable store is checkpoint.on_failure's business at the first save; a start
+        // must not depend on it.
+        Err(e) if e.is_transient() => {
+            tracing::warn!(
+                uri,
+                "cannot check the checkpoint root for another run's checkpoints: {e}"
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(checkpoint::store_error(uri, e)),
     };
     if cfg.checkpoint.overwrite {
         tracing::warn!(

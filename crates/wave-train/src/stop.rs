@@ -14,7 +14,8 @@
 //! or the launcher kills it.
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tch::Device;
 use wave_comm::Communicator;
@@ -34,20 +35,49 @@ pub enum StopReason {
 }
 
 /// Set by SIGTERM / SIGUSR1 (which then no longer terminate the process).
+///
+/// A launcher also sends SIGTERM when a rank has *died* (mpirun does, to the survivors). Waiting
+/// for the next step boundary would then wait for a collective that cannot complete, so on a signal
+/// the handler first looks at the peers on this host ([`StopSignal::watch_peers`]): if one has
+/// exited, this rank says which and exits non-zero at once.
 #[derive(Clone, Debug)]
 pub struct StopSignal {
     raised: Arc<AtomicBool>,
     which: Arc<AtomicI32>,
+    peers: Arc<Mutex<Peers>>,
+}
+
+/// The other ranks of the job that run on this host, by process id.
+#[derive(Debug, Default)]
+struct Peers {
+    rank: usize,
+    local: Vec<(usize, u32)>,
+}
+
+impl Peers {
+    /// A peer whose process is gone (or a zombie).
+    fn dead(&self) -> Option<(usize, u32)> {
+        self.local.iter().copied().find(|(_, pid)| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+                // Field 3, after the parenthesised command name: the state.
+                stat.rsplit(')')
+                    .next()
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .is_none_or(|state| state == "Z" || state == "X")
+            })
+        })
+    }
 }
 
 impl StopSignal {
     /// Installs the handlers on a small background thread.
     pub fn install() -> Result<StopSignal, Error> {
-        let signal = StopSignal {
-            raised: Arc::new(AtomicBool::new(false)),
-            which: Arc::new(AtomicI32::new(0)),
-        };
-        let (raised, which) = (signal.raised.clone(), signal.which.clone());
+        let signal = StopSignal::never();
+        let (raised, which, peers) = (
+            signal.raised.clone(),
+            signal.which.clone(),
+            signal.peers.clone(),
+        );
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         std::thread::Builder::new()
             .name("wave-signals".into())
@@ -83,6 +113,7 @@ impl StopSignal {
                         let Some(number) = number else { return };
                         which.store(number, Ordering::SeqCst);
                         raised.store(true, Ordering::SeqCst);
+                        end_if_a_peer_died(&peers);
                     }
                 });
             })
@@ -101,7 +132,23 @@ impl StopSignal {
         StopSignal {
             raised: Arc::new(AtomicBool::new(false)),
             which: Arc::new(AtomicI32::new(0)),
+            peers: Arc::new(Mutex::new(Peers::default())),
         }
+    }
+
+    /// Learns where every rank runs: `hosts[r]` is rank `r`'s `(host name, process id)`. The ranks
+    /// on this rank's host are checked when a signal arrives.
+    pub fn watch_peers(&self, rank: usize, hosts: &[(String, u32)]) {
+        let Some((my_host, _)) = hosts.get(rank) else {
+            return;
+        };
+        let local = hosts
+            .iter()
+            .enumerate()
+            .filter(|(r, (host, _))| *r != rank && host == my_host)
+            .map(|(r, (_, pid))| (r, *pid))
+            .collect();
+        *self.peers.lock().unwrap_or_else(PoisonError::into_inner) = Peers { rank, local };
     }
 
     /// Whether SIGTERM or SIGUSR1 has arrived.
@@ -117,6 +164,34 @@ impl StopSignal {
             _ => "no signal",
         }
     }
+}
+
+/// On a signal: if a rank on this host has exited, the job is dead; say which rank and end now.
+fn end_if_a_peer_died(peers: &Mutex<Peers>) {
+    let peers = peers.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some((dead, pid)) = peers.dead() else {
+        return;
+    };
+    let msg = format!(
+        "rank {}: stop signal received and rank {dead} (pid {pid} on this host) has exited: the job cannot reach its next step; exiting without a final checkpoint (resume from the last committed one)",
+        peers.rank
+    );
+    eprintln!("wave-dist: {msg}");
+    tracing::error!("{msg}");
+    // exit runs the MPI library's teardown, which may wait for the dead peer: bound it.
+    let _ = std::thread::Builder::new().spawn(|| {
+        std::thread::sleep(Duration::from_secs(5));
+        std::process::abort();
+    });
+    std::process::exit(1);
+}
+
+/// This process's host name and id, for [`StopSignal::watch_peers`].
+pub fn host_and_pid() -> (String, u32) {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    (host, std::process::id())
 }
 
 /// One step's agreement.

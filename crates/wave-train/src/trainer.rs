@@ -30,7 +30,7 @@ use crate::parallel::GradientBuckets;
 use crate::saving::Checkpointer;
 use crate::state::TrainState;
 use crate::step::{prepare_micro_batches, train_step};
-use crate::stop::{agree, RankReasons, StopReason, StopSignal};
+use crate::stop::{agree, host_and_pid, RankReasons, StopReason, StopSignal};
 use crate::tensorboard::EventWriter;
 use crate::window::{MetricsWindow, StepReport};
 use crate::Error;
@@ -109,6 +109,26 @@ pub fn train(cfg: &JobConfig) -> Result<RunSummary, Error> {
     let comm = Communicator::init(&info, &cfg.comm, device)?;
     let _rank_span =
         (comm.world_size() > 1).then(|| tracing::info_span!("rank", rank = comm.rank()).entered());
+    if comm.world_size() > 1 {
+        let (host, pid) = host_and_pid();
+        match comm.all_gather_bytes(
+            format!("{pid} {host}").as_bytes(),
+            "host names and process ids",
+        ) {
+            Ok(all) => {
+                let hosts: Vec<(String, u32)> = all
+                    .iter()
+                    .map(|b| {
+                        let text = String::from_utf8_lossy(b);
+                        let (pid, host) = text.split_once(' ').unwrap_or(("0", ""));
+                        (host.to_string(), pid.parse().unwrap_or(0))
+                    })
+                    .collect();
+                signal.watch_peers(comm.rank(), &hosts);
+            }
+            Err(e) => comm.abort(&e.to_string(), 1),
+        }
+    }
     match run(cfg, &comm, device, &signal) {
         Err(e) if comm.world_size() > 1 => comm.abort(&e.to_string(), 1),
         result => result,
@@ -226,9 +246,14 @@ fn run(
             })
         }
         Some(StopReason::Signal) => {
+            let received = if signal.raised() {
+                signal.name()
+            } else {
+                "none on this rank (another rank's)"
+            };
             tracing::warn!(
                 step = state.step,
-                signal = signal.name(),
+                signal = received,
                 "stop signal: every rank stopped at this step; saving a final checkpoint"
             )
         }
