@@ -685,3 +685,84 @@ fn an_exported_checkpoint_gives_the_same_logits_in_pytorch() {
         }
     }
 }
+
+#[test]
+fn on_2_ranks_a_store_down_longer_than_the_collective_timeout_does_not_stop_training() {
+    let Some(data) = agnews_test_split() else {
+        return;
+    };
+    if !mpirun_available() {
+        return;
+    }
+    let Some(mut weed) = Weed::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (uri, run) = ("s3://wave-test/outage-2", tmp.path().join("run"));
+    let args = train_args(
+        data,
+        &run,
+        &[
+            &format!("checkpoint.uri={uri:?}"),
+            "train.max_steps=100000",
+            "checkpoint.every_steps=5",
+            "train.eval_every_steps=0",
+            "train.log_every_steps=1",
+            "comm.timeout_s=20",
+        ],
+    );
+    let child = mpirun()
+        .args(["-n", "2", env!("CARGO_BIN_EXE_wave-dist")])
+        .args(&args)
+        .envs(weed.s3_env(FAKE_KEY_ID, FAKE_SECRET))
+        .env("WAVE_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mpirun");
+    wait_for("a first committed step", Duration::from_secs(60), || {
+        s3_latest(&weed, uri).is_some()
+    });
+    weed.kill();
+    let down_from = logged_steps(&run).last().copied().unwrap_or(0);
+    // Down for longer than comm.timeout_s: rank 0 must never make rank 1 wait that long.
+    std::thread::sleep(Duration::from_secs(25));
+    let down_to = logged_steps(&run).last().copied().unwrap_or(0);
+    weed.restart();
+    let after_outage = s3_latest(&weed, uri);
+    wait_for("a save after the outage", Duration::from_secs(60), || {
+        s3_latest(&weed, uri) > after_outage
+    });
+    for pid in rank_pids(&run) {
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+    }
+    let out = child.wait_with_output().expect("wait");
+    no_credentials(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "both ranks survived the outage: {:?}\n{stderr}",
+        out.status
+    );
+    assert!(
+        down_to > down_from + 20,
+        "training went on while the store was down (steps {down_from} → {down_to})"
+    );
+    assert!(
+        stderr.contains("checkpoint skipped") || stderr.contains("checkpoint save failed"),
+        "the outage is visible in the log:\n{stderr}"
+    );
+    let verified = ok(&s3_wave_dist(
+        &weed,
+        &[
+            "checkpoint".into(),
+            "verify".into(),
+            uri.into(),
+            "--all".into(),
+        ],
+    ));
+    assert!(verified.lines().all(|l| l.contains(": ok")), "{verified}");
+}

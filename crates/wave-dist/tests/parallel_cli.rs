@@ -150,18 +150,7 @@ fn killing_one_rank_ends_every_rank_within_60_s_naming_it() {
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_millis(500));
-    let pgrep = Command::new("pgrep")
-        .args(["-f", run.to_str().expect("utf-8")])
-        .output()
-        .expect("pgrep");
-    let pids: Vec<String> = String::from_utf8_lossy(&pgrep.stdout)
-        .lines()
-        .map(str::to_string)
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim() == "wave-dist")
-        })
-        .collect();
+    let pids = rank_pids(&run);
     assert_eq!(pids.len(), 2, "two ranks running: {pids:?}");
     let victim = pids.last().expect("a rank");
     let killed_at = Instant::now();

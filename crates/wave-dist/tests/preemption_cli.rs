@@ -41,22 +41,6 @@ fn spawn_mpi(ranks: usize, args: &[String]) -> Child {
         .expect("mpirun")
 }
 
-/// The PIDs of the wave-dist ranks training into `run_dir`, rank order unknown.
-fn rank_pids(run_dir: &Path) -> Vec<String> {
-    let pgrep = Command::new("pgrep")
-        .args(["-f", run_dir.to_str().expect("utf-8")])
-        .output()
-        .expect("pgrep");
-    String::from_utf8_lossy(&pgrep.stdout)
-        .lines()
-        .map(str::to_string)
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim() == "wave-dist")
-        })
-        .collect()
-}
-
 /// The step at which each rank says it stopped, from the ranks' own log lines.
 fn stop_steps(stderr: &str) -> Vec<(u64, u64)> {
     let field = |line: &str, key: &str| -> Option<u64> {
@@ -81,7 +65,7 @@ fn preempt(data: &Path, dir: &Path, signal: &str, victims: &[usize]) -> u64 {
     let (run, ckpt) = (dir.join("run"), dir.join("ckpt"));
     let child = spawn_mpi(2, &job(data, &run, &ckpt, &["train.max_steps=100000"]));
     let deadline = Instant::now() + Duration::from_secs(120);
-    while train_losses_if_any(&run).len() < 8 {
+    while logged_steps(&run).len() < 8 {
         assert!(Instant::now() < deadline, "training did not reach step 8");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -134,17 +118,6 @@ fn preempt(data: &Path, dir: &Path, signal: &str, victims: &[usize]) -> u64 {
     step
 }
 
-/// Train lines written so far (tolerates a partially written last line).
-fn train_losses_if_any(run_dir: &Path) -> Vec<u64> {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["kind"] == "train")
-        .filter_map(|v| v["step"].as_u64())
-        .collect()
-}
-
 #[test]
 fn sigterm_to_one_rank_stops_every_rank_at_the_same_step_and_resume_is_identical() {
     let Some(data) = agnews_test_split() else {
@@ -184,7 +157,7 @@ fn sigterm_to_one_rank_stops_every_rank_at_the_same_step_and_resume_is_identical
         "final weights equal the uninterrupted run's"
     );
     // The pre-empted run's own metrics end at the stop step.
-    assert_eq!(train_losses_if_any(&run).last(), Some(&step));
+    assert_eq!(logged_steps(&run).last(), Some(&step));
 }
 
 #[test]

@@ -196,3 +196,31 @@ pub fn set_args(sets: &[String]) -> Vec<String> {
         .flat_map(|s| ["--set".to_string(), s.clone()])
         .collect()
 }
+
+/// Steps of the train lines a running job has written so far (a partially written last line is
+/// skipped, not an error).
+pub fn logged_steps(run_dir: &Path) -> Vec<u64> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "train")
+        .filter_map(|v| v["step"].as_u64())
+        .collect()
+}
+
+/// The PIDs of the wave-dist processes (ranks) whose command line names `run_dir`.
+pub fn rank_pids(run_dir: &Path) -> Vec<String> {
+    let pgrep = Command::new("pgrep")
+        .args(["-f", run_dir.to_str().expect("utf-8")])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&pgrep.stdout)
+        .lines()
+        .map(str::to_string)
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "wave-dist")
+        })
+        .collect()
+}
