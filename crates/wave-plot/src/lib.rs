@@ -14,6 +14,8 @@
 //! | `loss.png`       | train loss per logged step (line), eval loss per split (dots)         |
 //! | `accuracy.png`   | eval accuracy per split and eval step; skipped when there is no eval  |
 //! | `throughput.png` | train samples/s (top) and tokens/s (bottom) per logged step           |
+//! | `language.png`   | eval perplexity (top) and bits per byte (bottom) per split; written   |
+//! |                  | only for language models (eval records carrying those figures)        |
 //!
 //! Unknown keys and record kinds are ignored, so the trainer may add fields freely. A run
 //! resumed from a checkpoint logs some steps twice; the record logged last wins.
@@ -122,7 +124,8 @@ pub enum Error {
     },
 }
 
-/// Reads `run_dir/metrics.jsonl` and writes `loss.png`, `accuracy.png` and `throughput.png` to
+/// Reads `run_dir/metrics.jsonl` and writes `loss.png`, `accuracy.png`, `throughput.png` and, for
+/// language models, `language.png` to
 /// `out_dir` (default: `run_dir`; created if missing), replacing older ones.
 ///
 /// A plot with nothing to show (no eval records → no accuracy plot) is skipped and the reason
@@ -146,11 +149,19 @@ pub fn plot_run(run_dir: &Path, out_dir: Option<&Path>) -> Result<PlotReport, Er
     };
 
     let run_name = run_name(run_dir);
-    let plans = [
+    let mut plans = vec![
         ("loss.png", loss_figure(&metrics, &run_name)),
         ("accuracy.png", accuracy_figure(&metrics, &run_name)),
         ("throughput.png", throughput_figure(&metrics, &run_name)),
     ];
+    // Only language models report these; a classifier's run is not told what it lacks.
+    if metrics
+        .eval
+        .iter()
+        .any(|r| r.perplexity.is_some() || r.bits_per_byte.is_some())
+    {
+        plans.push(("language.png", language_figure(&metrics, &run_name)));
+    }
     for (file, plan) in plans {
         match plan {
             Ok(figure) => {
@@ -268,6 +279,50 @@ fn accuracy_figure(m: &Metrics, run: &str) -> Result<Figure, String> {
     })
 }
 
+/// Eval perplexity over bits per byte, one line per split in each panel; a panel only where some
+/// record carries the figure.
+fn language_figure(m: &Metrics, run: &str) -> Result<Figure, String> {
+    let mut panels = Vec::new();
+    for (what, value) in [
+        (
+            "perplexity",
+            (|r: &EvalRecord| r.perplexity) as fn(&EvalRecord) -> Option<f64>,
+        ),
+        ("bits per byte", |r| r.bits_per_byte),
+    ] {
+        let series: Vec<Series> = m
+            .eval_by_split()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, (split, records))| {
+                let pts = points(records, |r| r.step, value);
+                (!pts.is_empty()).then(|| Series {
+                    label: format!("eval: {split}"),
+                    points: pts,
+                    color: PALETTE[1 + i % (PALETTE.len() - 1)],
+                    mark: Mark::LineDots,
+                })
+            })
+            .collect();
+        if !series.is_empty() {
+            panels.push(Panel {
+                title: format!("Eval {what} — {run}"),
+                y_desc: what.to_owned(),
+                series,
+                legend: Some(SeriesLabelPosition::UpperRight), // both fall
+                y_from_zero: false,
+            });
+        }
+    }
+    if panels.is_empty() {
+        return Err("no eval record carries a perplexity or bits per byte".to_owned());
+    }
+    Ok(Figure {
+        size: (1280, 420 * panels.len() as u32),
+        panels,
+    })
+}
+
 /// Samples/s over tokens/s: two panels, since their scales differ by the sequence length.
 fn throughput_figure(m: &Metrics, run: &str) -> Result<Figure, String> {
     if m.train.is_empty() {
@@ -335,6 +390,26 @@ mod tests {
     }
 
     #[test]
+    fn the_language_plot_is_skipped_for_classifiers_and_drawn_for_language_models() {
+        let eval = |perplexity, bits_per_byte| Metrics {
+            train: Vec::new(),
+            eval: vec![EvalRecord {
+                step: 10,
+                split: "validation".to_owned(),
+                loss: Some(2.0),
+                accuracy: Some(0.3),
+                perplexity,
+                bits_per_byte,
+            }],
+        };
+        assert!(language_figure(&eval(None, None), "r").is_err());
+        let masked = language_figure(&eval(Some(7.4), None), "r").expect("perplexity panel");
+        assert_eq!(masked.panels.len(), 1);
+        let causal = language_figure(&eval(Some(7.4), Some(1.1)), "r").expect("both panels");
+        assert_eq!(causal.panels.len(), 2);
+    }
+
+    #[test]
     fn figures_draw_without_a_font() -> Result<(), Box<dyn std::error::Error>> {
         // The fallback path: no text at all, so an absent font cannot make drawing fail.
         let dir = tempfile::tempdir()?;
@@ -352,12 +427,15 @@ mod tests {
                 split: "validation".to_owned(),
                 loss: Some(0.2),
                 accuracy: Some(0.8),
+                perplexity: Some(1.22),
+                bits_per_byte: Some(0.9),
             }],
         };
         for (name, fig) in [
             ("loss.png", loss_figure(&metrics, "r")?),
             ("accuracy.png", accuracy_figure(&metrics, "r")?),
             ("throughput.png", throughput_figure(&metrics, "r")?),
+            ("language.png", language_figure(&metrics, "r")?),
         ] {
             render::write_png(&fig, &dir.path().join(name), false)?;
         }

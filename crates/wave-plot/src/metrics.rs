@@ -44,6 +44,12 @@ pub struct EvalRecord {
     /// Accuracy over the split, a fraction in `[0, 1]`.
     #[serde(default)]
     pub accuracy: Option<f64>,
+    /// `exp` of the mean token loss (language models).
+    #[serde(default)]
+    pub perplexity: Option<f64>,
+    /// Loss in bits per byte of text (causal language models).
+    #[serde(default)]
+    pub bits_per_byte: Option<f64>,
 }
 
 fn default_split() -> String {
