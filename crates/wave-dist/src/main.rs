@@ -111,6 +111,10 @@ struct EvalArgs {
     /// Device: cpu, cuda or cuda:N.
     #[arg(long)]
     device: Option<String>,
+    /// Also score a unigram model (token frequencies of the train split of the data set at URI,
+    /// add-one smoothed) on the same positions: the floor a language model must beat.
+    #[arg(long, value_name = "URI")]
+    unigram_from: Option<String>,
     /// Instead of evaluating, write the first --dump-rows rows' ids, mask and logits as JSON
     /// (for checking another implementation, e.g. bench/peer_logits.py, against this one).
     #[arg(long, value_name = "FILE", hide = true)]
@@ -184,10 +188,18 @@ fn eval(args: EvalArgs) -> Result<()> {
         return Ok(());
     }
     let (result, params) = wave_train::evaluate_run(&cfg, &weights, &split)?;
-    print_json(&serde_json::json!({
-        "event": "eval", "split": split, "loss": result.loss, "accuracy": result.accuracy,
-        "samples": result.samples, "params": params,
-    }))
+    let mut line = serde_json::json!({ "event": "eval", "split": split, "params": params });
+    if let (Some(fields), Some(out)) = (
+        serde_json::to_value(&result)?.as_object(),
+        line.as_object_mut(),
+    ) {
+        out.extend(fields.clone());
+    }
+    if let Some(uri) = &args.unigram_from {
+        let baseline = wave_train::unigram_baseline_of_run(&cfg, &weights, &split, uri)?;
+        line["unigram"] = serde_json::to_value(&baseline)?;
+    }
+    print_json(&line)
 }
 
 fn plot(args: PlotArgs) -> Result<()> {

@@ -301,3 +301,34 @@ fn inputs_that_cannot_train_are_refused_before_step_one() {
     );
     nothing_written(&dir);
 }
+
+#[test]
+fn eval_scores_a_unigram_baseline_on_the_same_tokens_as_the_model() {
+    let Some(data) = packed_corpus() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run_dir = tmp.path().join("clm");
+    ok(&run(&lm_args(
+        CONFIGS[1].1,
+        data,
+        &run_dir,
+        &["train.max_steps=2"],
+    )));
+    let out = ok(&wave_dist(&[
+        "eval",
+        "--run",
+        run_dir.to_str().expect("utf-8"),
+        "--set",
+        "train.eval_max_batches=0",
+        "--unigram-from",
+        data.to_str().expect("utf-8"),
+    ]));
+    let line = summary(&out);
+    let (model, unigram) = (&line, &line["unigram"]);
+    assert_eq!(model["tokens"], unigram["tokens"], "same positions: {line}");
+    assert!(model["tokens"].as_u64().is_some_and(|t| t > 1000), "{line}");
+    // Frequencies beat uniform guessing over 30,522 tokens (10.33 nats) by a wide margin; a
+    // 2-step model has not learned them yet.
+    let u = unigram["loss"].as_f64().expect("unigram loss");
+    assert!(u < 7.5, "unigram loss {u}");
+    assert!(model["loss"].as_f64().expect("model loss") > u, "{line}");
+}

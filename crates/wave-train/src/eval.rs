@@ -24,7 +24,9 @@ use wave_model::{ModelConfig, WaveNetwork};
 
 use crate::config::JobConfig;
 use crate::device::parse_device;
-use crate::objective::{EvalSums, Objective, ObjectiveKind, EVAL_MASK_SEED, EVAL_MASK_STEP};
+use crate::objective::{
+    EvalSums, Objective, ObjectiveKind, Prepared, EVAL_MASK_SEED, EVAL_MASK_STEP,
+};
 use crate::parallel::sum_over_ranks;
 use crate::state::{build_objective, open_data, resolve_model};
 use crate::stop::StopSignal;
@@ -108,35 +110,9 @@ pub fn evaluate(
     comm: &Communicator,
     signal: &StopSignal,
 ) -> Result<Option<EvalResult>, Error> {
-    let mut opts = LoaderOptions::eval(&data.cfg.data, comm.rank(), comm.world_size());
-    opts.split = split.to_string();
-    let cursor = Cursor::start(opts.seed);
-    let mut loader = Loader::new(data.dataset, data.encoder.clone(), opts, cursor)?;
-    let max_batches = data.cfg.train.eval_max_batches;
-    let (mut sums, mut batches, mut interrupted) = (EvalSums::default(), 0u64, false);
-    loop {
-        if signal.raised() {
-            interrupted = true;
-            break;
-        }
-        if max_batches > 0 && batches >= max_batches {
-            break;
-        }
-        let batch = match loader.next_batch_within(SIGNAL_POLL)? {
-            Fetched::Batch(b) => b,
-            Fetched::End => break,
-            Fetched::Waiting => continue,
-        };
-        let prepared = data.objective.prepare(
-            &batch,
-            0..batch.rows,
-            EVAL_MASK_SEED,
-            EVAL_MASK_STEP,
-            data.device,
-        );
-        sums.add(data.objective.eval_sums(net, &prepared)?);
-        batches += 1;
-    }
+    let (sums, interrupted) = eval_batches(data, split, comm, signal, |prepared| {
+        data.objective.eval_sums(net, prepared)
+    })?;
     let totals = sum_over_ranks(
         comm,
         &[
@@ -163,6 +139,115 @@ pub fn evaluate(
         sums,
         bytes_per_token(data.dataset, split),
     )))
+}
+
+/// This rank's share of `split` (every sample once, padded rows ignored) in evaluation order, each
+/// batch prepared with the objective's fixed evaluation mask and scored by `score`; stops early at
+/// a stop signal (second value) or `train.eval_max_batches`.
+fn eval_batches(
+    data: &EvalData<'_>,
+    split: &str,
+    comm: &Communicator,
+    signal: &StopSignal,
+    mut score: impl FnMut(&Prepared) -> Result<EvalSums, Error>,
+) -> Result<(EvalSums, bool), Error> {
+    let mut opts = LoaderOptions::eval(&data.cfg.data, comm.rank(), comm.world_size());
+    opts.split = split.to_string();
+    let cursor = Cursor::start(opts.seed);
+    let mut loader = Loader::new(data.dataset, data.encoder.clone(), opts, cursor)?;
+    let max_batches = data.cfg.train.eval_max_batches;
+    let (mut sums, mut batches) = (EvalSums::default(), 0u64);
+    loop {
+        if signal.raised() {
+            return Ok((sums, true));
+        }
+        if max_batches > 0 && batches >= max_batches {
+            return Ok((sums, false));
+        }
+        let batch = match loader.next_batch_within(SIGNAL_POLL)? {
+            Fetched::Batch(b) => b,
+            Fetched::End => return Ok((sums, false)),
+            Fetched::Waiting => continue,
+        };
+        let prepared = data.objective.prepare(
+            &batch,
+            0..batch.rows,
+            EVAL_MASK_SEED,
+            EVAL_MASK_STEP,
+            data.device,
+        );
+        sums.add(score(&prepared)?);
+        batches += 1;
+    }
+}
+
+/// How often each token id occurs in `split` of the data (every real token of every row, as the
+/// loader delivers them), over a vocabulary of `vocab` ids.
+pub fn token_counts(data: &EvalData<'_>, split: &str, vocab: usize) -> Result<Vec<u64>, Error> {
+    let mut opts = LoaderOptions::eval(&data.cfg.data, 0, 1);
+    opts.split = split.to_string();
+    let mut loader = Loader::new(data.dataset, data.encoder.clone(), opts, Cursor::start(0))?;
+    let mut counts = vec![0u64; vocab];
+    while let Some(batch) = loader.next_batch()? {
+        for (&id, &real) in batch.input_ids.iter().zip(&batch.attention_mask) {
+            if real != 0 {
+                let slot = counts.get_mut(id as usize).ok_or_else(|| {
+                    Error::Config(format!(
+                        "token id {id} in split {split:?} of {} is outside the vocabulary of {vocab}",
+                        data.dataset.uri()
+                    ))
+                })?;
+                *slot += 1;
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// The unigram model of `counts` (add-one smoothed: `p(t) = (c_t + 1) / (N + V)`) scored on the
+/// positions and targets the objective supervises in `split`: the floor any language model must
+/// beat, computed by the same code path as the model's own figures.
+pub fn evaluate_unigram(
+    data: &EvalData<'_>,
+    counts: &[u64],
+    split: &str,
+) -> Result<EvalResult, Error> {
+    let total: u64 = counts.iter().sum();
+    let denominator = (total + counts.len() as u64) as f64;
+    let nll: Vec<f64> = counts
+        .iter()
+        .map(|&c| -((c + 1) as f64 / denominator).ln())
+        .collect();
+    let most_frequent = (0..counts.len()).max_by_key(|&i| counts[i]).unwrap_or(0) as i64;
+    let comm = Communicator::local();
+    let (sums, _) = eval_batches(data, split, &comm, &StopSignal::never(), |p| {
+        let Some((_, targets)) = p.token_targets() else {
+            return Err(Error::Config(
+                "a unigram baseline needs a language-model objective".into(),
+            ));
+        };
+        let targets = Vec::<i64>::try_from(&targets.to_device(Device::Cpu))?;
+        let mut s = EvalSums {
+            count: targets.len() as f64,
+            rows: p
+                .mask
+                .sum_dim_intlist(&[1i64][..], false, Kind::Int64)
+                .gt(0)
+                .sum(Kind::Int64)
+                .int64_value(&[]) as f64,
+            ..EvalSums::default()
+        };
+        for t in targets {
+            s.loss_sum += nll.get(t as usize).copied().unwrap_or(f64::INFINITY);
+            s.correct += f64::from(u8::from(t == most_frequent));
+        }
+        Ok(s)
+    })?;
+    Ok(EvalResult::from_sums(
+        data.objective.kind(),
+        sums,
+        bytes_per_token(data.dataset, split),
+    ))
 }
 
 /// A trained network rebuilt from a job config and its saved weights, with its data.
@@ -220,6 +305,39 @@ pub fn evaluate_run(
     )?
     .ok_or_else(|| Error::Io("evaluation interrupted".into()))?;
     Ok((result, run.model_cfg.param_counts().into()))
+}
+
+/// The unigram baseline for a finished run's evaluation on `split`: token frequencies counted in
+/// the training split of the data set at `train_uri` (with the run's tokenizer settings).
+pub fn unigram_baseline_of_run(
+    cfg: &JobConfig,
+    weights: &Path,
+    split: &str,
+    train_uri: &str,
+) -> Result<EvalResult, Error> {
+    let run = load_run(cfg, weights)?;
+    let mut train_cfg = cfg.clone();
+    train_cfg.data.uri = train_uri.to_string();
+    let (train_set, train_encoder) = open_data(&train_cfg)?;
+    let counts = token_counts(
+        &EvalData {
+            dataset: &train_set,
+            encoder: train_encoder,
+            cfg: &train_cfg,
+            objective: &run.objective,
+            device: run.device,
+        },
+        &cfg.data.train_split,
+        run.model_cfg.vocab_size,
+    )?;
+    let data = EvalData {
+        dataset: &run.dataset,
+        encoder: run.encoder.clone(),
+        cfg,
+        objective: &run.objective,
+        device: run.device,
+    };
+    evaluate_unigram(&data, &counts, split)
 }
 
 /// Inputs and outputs of the first `rows` rows of `split` (evaluation order, no dropout) under

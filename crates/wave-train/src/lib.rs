@@ -41,7 +41,7 @@ mod window;
 pub use config::{CheckpointConfig, JobConfig, OnFailure, Resume, Schedule, TrainConfig};
 pub use device::parse_device;
 pub use error::Error;
-pub use eval::{evaluate_run, logits_of_run, EvalResult};
+pub use eval::{evaluate_run, logits_of_run, unigram_baseline_of_run, EvalResult};
 pub use objective::{Objective, ObjectiveKind};
 pub use state::open_data;
 pub use trainer::{train, Params, RunSummary};
