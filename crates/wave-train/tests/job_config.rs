@@ -97,3 +97,42 @@ fn errors_name_the_key() {
         .to_string();
     assert!(err.contains("data"), "{err}");
 }
+
+#[test]
+fn every_shipped_config_parses_and_validates() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("configs folder") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            JobConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 9, "only {seen} configs found in {}", dir.display());
+}
+
+#[test]
+fn the_objective_decides_the_head_and_a_contradicting_head_is_refused() {
+    use wave_model::Head;
+    use wave_train::ObjectiveKind;
+    let cfg = JobConfig::from_toml(BASE, &["train.objective=\"causal_lm\"".into()]).expect("valid");
+    assert_eq!(cfg.model.head, Head::CausalLm);
+    assert_eq!(cfg.objective(), ObjectiveKind::CausalLm);
+    // Without an objective, the head says what to learn (configs written before objectives).
+    let cfg = JobConfig::from_toml(BASE, &["model.head=\"masked_lm\"".into()]).expect("valid");
+    assert_eq!(cfg.objective(), ObjectiveKind::MaskedLm);
+    let err = JobConfig::from_toml(
+        BASE,
+        &[
+            "train.objective=\"masked_lm\"".into(),
+            "model.head=\"classification\"".into(),
+        ],
+    )
+    .expect_err("contradiction")
+    .to_string();
+    assert!(
+        err.contains("train.objective") && err.contains("model.head"),
+        "{err}"
+    );
+}
