@@ -332,3 +332,35 @@ fn eval_scores_a_unigram_baseline_on_the_same_tokens_as_the_model() {
     assert!(u < 7.5, "unigram loss {u}");
     assert!(model["loss"].as_f64().expect("model loss") > u, "{line}");
 }
+
+#[test]
+fn language_models_also_train_on_unpacked_text_tokenized_on_the_fly() {
+    let Some(agnews) = agnews_test_split() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (objective, config) in CONFIGS {
+        let run_dir = tmp.path().join(objective);
+        // AG News rows are texts with labels; the labels are simply not used.
+        let out = ok(&run(&lm_args(
+            config,
+            agnews,
+            &run_dir,
+            &[
+                "train.max_steps=20",
+                "train.lr=3e-2",
+                "data.train_split=\"test\"",
+                "data.eval_split=\"test\"",
+            ],
+        )));
+        let s = summary(&out);
+        assert_eq!(s["objective"], objective);
+        assert!(s["eval"]["tokens"].as_u64().is_some_and(|t| t > 100), "{s}");
+        let losses = train_losses(&run_dir);
+        let (start, end) = (losses[0].1, losses[losses.len() - 1].1);
+        assert!(
+            end < start - 1.5,
+            "{objective}: loss went from {start} to {end}"
+        );
+    }
+}
