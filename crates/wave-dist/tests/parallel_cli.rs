@@ -278,3 +278,74 @@ fn a_checkpoint_written_at_4_ranks_resumes_at_2_with_losses_within_1e_5_of_the_u
         assert!(diff <= 1e-4, "parameter {name} differs by {diff}");
     }
 }
+
+#[test]
+fn rank_0_decides_the_resume_and_ranks_that_cannot_see_the_checkpoint_follow_it() {
+    let Some(data) = agnews_test_split() else {
+        return;
+    };
+    if !mpirun_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // Two "nodes": each rank runs in its own folder, and the checkpoint root `ckpt` is relative,
+    // so only rank 0's node holds the checkpoints (a node-local root).
+    let (node0, node1) = (tmp.path().join("node0"), tmp.path().join("node1"));
+    std::fs::create_dir_all(&node0).expect("node0");
+    std::fs::create_dir_all(&node1).expect("node1");
+    let config = workspace_root().join("configs/smoke.toml");
+    let args = |extra: &[&str]| {
+        let mut sets = vec![
+            format!("data.uri={:?}", data.to_str().expect("utf-8")),
+            "train.run_dir=\"run\"".to_string(),
+            "checkpoint.uri=\"ckpt\"".to_string(),
+            "train.lr=3e-3".to_string(),
+            "train.max_steps=30".to_string(),
+            "train.log_every_steps=1".to_string(),
+            "checkpoint.every_steps=15".to_string(),
+            "checkpoint.keep_last=0".to_string(),
+        ];
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        let mut a = vec![
+            "train".to_string(),
+            "--config".into(),
+            config.to_str().expect("utf-8").into(),
+        ];
+        a.extend(set_args(&sets));
+        a
+    };
+    let bin = env!("CARGO_BIN_EXE_wave-dist");
+    // One process on node 0 trains 30 steps, leaving checkpoints at 15 and 30 there.
+    let single = std::process::Command::new(bin)
+        .args(args(&[]))
+        .current_dir(&node0)
+        .output()
+        .expect("single");
+    ok(&single);
+    let reference = train_losses(&node0.join("run"));
+    std::fs::rename(node0.join("run"), tmp.path().join("single-run")).expect("move run");
+    // Resume from step 15 on two ranks, one per node.
+    let resume = args(&["train.resume=15"]);
+    let out = mpirun()
+        .args(["-n", "1", "-wdir", node0.to_str().expect("utf-8"), bin])
+        .args(&resume)
+        .arg(":")
+        .args(["-n", "1", "-wdir", node1.to_str().expect("utf-8"), bin])
+        .args(&resume)
+        .output()
+        .expect("mpirun");
+    ok(&out);
+    assert!(
+        !node1.join("ckpt").join("step-00000015").exists(),
+        "rank 1 never had the checkpoint"
+    );
+    let resumed = train_losses(&node0.join("run"));
+    let tail: Vec<&(u64, f64)> = reference.iter().filter(|(s, _)| *s > 15).collect();
+    assert_eq!(resumed.len(), tail.len(), "steps 16..30");
+    for ((step, a), (_, b)) in tail.iter().map(|p| (p.0, p.1)).zip(&resumed) {
+        assert!(
+            (a - b).abs() <= 1e-4 * a.abs(),
+            "step {step}: 2 ranks from rank 0's checkpoint {b}, one process {a}"
+        );
+    }
+}
