@@ -15,6 +15,22 @@
 //! A crash between any two steps leaves at worst an uncommitted folder, which readers ignore, or a
 //! committed step that `latest` does not point at yet; `latest` itself always names a committed,
 //! complete step. `latest` never moves backwards.
+//!
+//! **Local disk.** A crash of the machine (not only of the process) must not leave a commit marker
+//! whose objects are still in the page cache. On a local root every write is made durable before
+//! the next one starts: each object, the manifest, the marker and `latest` are written to a
+//! temporary file, fsynced, renamed (or hard-linked) into place, and the folder holding the new
+//! name is fsynced; a new step folder is fsynced together with the root that holds it. So the
+//! objects, the manifest and the step folder are on disk before `COMMITTED` is, and `COMMITTED`
+//! is before `latest` moves; the root is fsynced after `latest` moves. (object_store's
+//! `LocalFileSystem::with_fsync` performs exactly these calls; the crash-safety tests check their
+//! order with `strace`.)
+//!
+//! **A damaged `latest`.** Should `latest` be unreadable, or name a step whose commit marker is
+//! missing or different (a file system restored from a backup, a hand edit),
+//! [`CheckpointStore::latest`] warns and falls back to the newest committed step whose manifest
+//! matches its marker, and the next save replaces the pointer. Failing requests are errors, never
+//! a fallback: an unreachable store must not look like an empty one.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -169,7 +185,10 @@ impl CheckpointStore {
                 msg: "must be at least 1".into(),
             });
         }
-        let root = Root::open(uri, true, &retry.store)?;
+        let mut root = Root::open(uri, true, &retry.store)?;
+        if let Some(dir) = root.local_dir() {
+            root.store = durable_local_store(uri, dir)?;
+        }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("wave-ckpt-io")
@@ -260,23 +279,36 @@ impl CheckpointStore {
         }
     }
 
-    /// The step `latest` points at, `None` before the first commit. Errors when the pointer is
-    /// unreadable or names a step whose commit marker is missing or different.
+    /// The step to resume from: the one `latest` points at, `None` when nothing is committed.
+    ///
+    /// When `latest` is missing while committed steps exist, unreadable, or names a step whose
+    /// commit marker is missing or different, this logs a warning and returns the newest
+    /// committed step instead (see the module docs). Failed requests are errors.
     pub fn latest(&self) -> Result<Option<u64>> {
         self.rt.block_on(async {
-            let Some(p) = self.pointer().await? else {
-                return Ok(None);
-            };
-            let marker = self.marker(p.step).await?;
-            if marker.as_deref() != Some(p.manifest_sha256.as_str()) {
-                let msg = format!(
-                    "points at step {} whose commit marker is {}",
-                    p.step,
-                    marker.map_or("missing".into(), |m| format!("{m:?}"))
-                );
-                return Err(Error::format(self.root.uri_of(LATEST), msg));
+            let pointer = self.checked_pointer().await?;
+            if let Ok(Some(p)) = &pointer {
+                return Ok(Some(p.step));
             }
-            Ok(Some(p.step))
+            let steps = self.list_steps().await?;
+            let fallback = self.newest_committed(&steps).await?;
+            match (&pointer, fallback) {
+                (Err(problem), Some(step)) => warn!(
+                    "{}: {problem}; falling back to the newest committed step {step}",
+                    self.root.uri_of(LATEST)
+                ),
+                (Err(problem), None) => warn!(
+                    "{}: {problem}, and no step is committed: nothing to resume from",
+                    self.root.uri_of(LATEST)
+                ),
+                (Ok(_), Some(step)) => warn!(
+                    "{} is missing although step {step} is committed (a save was interrupted \
+                     before moving it); using step {step}",
+                    self.root.uri_of(LATEST)
+                ),
+                (Ok(_), None) => {}
+            }
+            Ok(fallback)
         })
     }
 
@@ -433,11 +465,14 @@ impl CheckpointStore {
                     match Pointer::parse(&bytes, &uri) {
                         Ok(old) if old == new => return Ok(true),
                         Ok(old) if old.step > step => {
-                            warn!(
-                                "not moving {uri} back from step {} to step {step}",
-                                old.step
-                            );
-                            return Ok(false);
+                            if self.names_committed(&old).await? {
+                                warn!(
+                                    "not moving {uri} back from step {} to step {step}",
+                                    old.step
+                                );
+                                return Ok(false);
+                            }
+                            warn!("replacing {uri}: it names step {}, which is not committed with that manifest", old.step);
                         }
                         Ok(_) => {}
                         Err(e) => warn!("replacing an unreadable pointer: {e}"),
@@ -555,6 +590,54 @@ impl CheckpointStore {
             None => Ok(None),
             Some((bytes, _)) => Pointer::parse(&bytes, &self.root.uri_of(LATEST)).map(Some),
         }
+    }
+
+    /// `latest` when it is absent or names a committed step (`Ok`), or what is wrong with it
+    /// (the inner `Err`). The outer error is a failed request.
+    async fn checked_pointer(&self) -> Result<Result<Option<Pointer>, String>> {
+        let pointer = match self.pointer().await {
+            Ok(p) => p,
+            Err(Error::Format { msg, .. }) => return Ok(Err(msg)),
+            Err(e) => return Err(e),
+        };
+        let Some(p) = pointer else {
+            return Ok(Ok(None));
+        };
+        let marker = self.marker(p.step).await?;
+        if marker.as_deref() == Some(p.manifest_sha256.as_str()) {
+            return Ok(Ok(Some(p)));
+        }
+        Ok(Err(format!(
+            "points at step {} whose commit marker is {}",
+            p.step,
+            marker.map_or("missing".into(), |m| format!(
+                "{m:?} (the pointer says {:?})",
+                p.manifest_sha256
+            ))
+        )))
+    }
+
+    /// Whether `p` names a step committed with the manifest it records.
+    async fn names_committed(&self, p: &Pointer) -> Result<bool> {
+        Ok(self.marker(p.step).await?.as_deref() == Some(p.manifest_sha256.as_str()))
+    }
+
+    /// The newest step of `steps` whose commit marker matches its manifest's sha256.
+    async fn newest_committed(&self, steps: &BTreeMap<u64, StepListing>) -> Result<Option<u64>> {
+        for (&step, _) in steps.iter().rev().filter(|(_, l)| l.committed) {
+            let Some(marker) = self.marker(step).await? else {
+                continue;
+            };
+            let rel = format!("{}/{MANIFEST}", step_dir(step));
+            match self.get_opt(&rel).await? {
+                Some((bytes, _)) if sha256_hex(&bytes) == marker => return Ok(Some(step)),
+                _ => warn!(
+                    "{}: its manifest does not match its commit marker; skipping it",
+                    self.root.uri_of(&step_dir(step))
+                ),
+            }
+        }
+        Ok(None)
     }
 
     /// Step folders with their objects. Local roots also report folders holding only temporary
@@ -694,4 +777,27 @@ impl CheckpointStore {
             Err(e) => Err(Error::store(self.root.uri_of(&rel), "delete", e)),
         }
     }
+}
+
+/// object_store's local file system with fsync after every write (see the module docs), over the
+/// folder `wave-store` opened. The folder itself and its parent are fsynced once here, so a root
+/// just created survives a crash as well.
+fn durable_local_store(
+    uri: &str,
+    dir: &std::path::Path,
+) -> Result<Arc<dyn object_store::ObjectStore>> {
+    let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
+        .map_err(|e| Error::store(uri, "open", e))?
+        .with_automatic_cleanup(true)
+        .with_fsync(true);
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    for folder in std::iter::once(dir).chain(parent) {
+        std::fs::File::open(folder)
+            .and_then(|f| f.sync_all())
+            .map_err(|source| Error::Io {
+                path: folder.to_path_buf(),
+                source,
+            })?;
+    }
+    Ok(Arc::new(store))
 }
