@@ -136,6 +136,76 @@ impl Loaded {
     }
 }
 
+/// Metadata key under which a caller records the run a checkpoint belongs to; read back by
+/// [`RootSummary::run`].
+pub const RUN_KEY: &str = "run";
+
+/// What a checkpoint root holds ([`CheckpointStore::describe`]). Its `Display` is one line for
+/// messages: the root, its committed steps, the step to resume from and who wrote it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RootSummary {
+    /// The root URI.
+    pub uri: String,
+    /// Committed steps, ascending.
+    pub committed: Vec<u64>,
+    /// Step folders without a commit marker (unfinished saves), ascending.
+    pub uncommitted: Vec<u64>,
+    /// The step a resume would start from (what [`CheckpointStore::latest`] returns).
+    pub latest: Option<u64>,
+    /// The manifest of `latest`: writer, world size, time and the caller's metadata.
+    pub latest_manifest: Option<Manifest>,
+    /// When `latest` had to fall back: what was wrong with the pointer and which step was chosen.
+    pub pointer_problem: Option<String>,
+}
+
+impl RootSummary {
+    /// Whether the root holds no committed checkpoint (unfinished leftovers do not count).
+    pub fn is_empty(&self) -> bool {
+        self.committed.is_empty()
+    }
+
+    /// The run of the `latest` checkpoint: its metadata's [`RUN_KEY`] string, if recorded.
+    pub fn run(&self) -> Option<&str> {
+        self.latest_manifest
+            .as_ref()?
+            .metadata
+            .get(RUN_KEY)?
+            .as_str()
+    }
+}
+
+impl std::fmt::Display for RootSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (Some(latest), Some(m)) = (self.latest, &self.latest_manifest) else {
+            return write!(f, "{} holds no committed checkpoint", self.uri);
+        };
+        write!(
+            f,
+            "{} holds {} committed checkpoint(s), latest step {latest}",
+            self.uri,
+            self.committed.len()
+        )?;
+        if let Some(run) = self.run() {
+            write!(f, " of run {run:?}")?;
+        }
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let age_s = now_ms.saturating_sub(m.created_unix_ms) as f64 / 1000.0;
+        let age = match age_s {
+            s if s < 120.0 => format!("{s:.0} s"),
+            s if s < 7200.0 => format!("{:.0} min", s / 60.0),
+            s if s < 172_800.0 => format!("{:.1} h", s / 3600.0),
+            s => format!("{:.1} days", s / 86_400.0),
+        };
+        write!(
+            f,
+            " (written by {} at world size {}, {age} ago)",
+            m.created_by, m.world_size
+        )
+    }
+}
+
 /// What [`CheckpointStore::apply_retention`] removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RetentionReport {
@@ -286,30 +356,72 @@ impl CheckpointStore {
     /// committed step instead (see the module docs). Failed requests are errors.
     pub fn latest(&self) -> Result<Option<u64>> {
         self.rt.block_on(async {
-            let pointer = self.checked_pointer().await?;
-            if let Ok(Some(p)) = &pointer {
-                return Ok(Some(p.step));
+            let (step, problem) = self.resolve_latest(None).await?;
+            if let Some(problem) = problem {
+                warn!("{problem}");
             }
-            let steps = self.list_steps().await?;
-            let fallback = self.newest_committed(&steps).await?;
-            match (&pointer, fallback) {
-                (Err(problem), Some(step)) => warn!(
-                    "{}: {problem}; falling back to the newest committed step {step}",
-                    self.root.uri_of(LATEST)
-                ),
-                (Err(problem), None) => warn!(
-                    "{}: {problem}, and no step is committed: nothing to resume from",
-                    self.root.uri_of(LATEST)
-                ),
-                (Ok(_), Some(step)) => warn!(
-                    "{} is missing although step {step} is committed (a save was interrupted \
-                     before moving it); using step {step}",
-                    self.root.uri_of(LATEST)
-                ),
-                (Ok(_), None) => {}
-            }
-            Ok(fallback)
+            Ok(step)
         })
+    }
+
+    /// What the root holds, cheaply: one listing, the `latest` pointer and the manifest of the
+    /// step it resolves to (as [`CheckpointStore::latest`] does, but reporting a damaged pointer in
+    /// [`RootSummary::pointer_problem`] instead of logging it). For a trainer that must not start
+    /// a fresh run over another run's checkpoints.
+    pub fn describe(&self) -> Result<RootSummary> {
+        self.rt.block_on(async {
+            let steps = self.list_steps().await?;
+            let (latest, pointer_problem) = self.resolve_latest(Some(&steps)).await?;
+            let latest_manifest = match latest {
+                Some(step) => {
+                    let rel = format!("{}/{MANIFEST}", step_dir(step));
+                    let bytes = self.get(&rel).await?;
+                    Some(Manifest::parse(&bytes, &self.root.uri_of(&rel), step)?)
+                }
+                None => None,
+            };
+            let (committed, uncommitted): (Vec<_>, Vec<_>) =
+                steps.iter().partition(|(_, l)| l.committed);
+            Ok(RootSummary {
+                uri: self.root.uri.clone(),
+                committed: committed.into_iter().map(|(s, _)| *s).collect(),
+                uncommitted: uncommitted.into_iter().map(|(s, _)| *s).collect(),
+                latest,
+                latest_manifest,
+                pointer_problem,
+            })
+        })
+    }
+
+    /// The step to resume from and, when `latest` could not be trusted, a sentence saying what was
+    /// wrong and what was chosen instead. `steps`: a listing already made, if any.
+    async fn resolve_latest(
+        &self,
+        steps: Option<&BTreeMap<u64, StepListing>>,
+    ) -> Result<(Option<u64>, Option<String>)> {
+        let pointer = self.checked_pointer().await?;
+        if let Ok(Some(p)) = &pointer {
+            return Ok((Some(p.step), None));
+        }
+        let fallback = match steps {
+            Some(steps) => self.newest_committed(steps).await?,
+            None => self.newest_committed(&self.list_steps().await?).await?,
+        };
+        let uri = self.root.uri_of(LATEST);
+        let problem = match (&pointer, fallback) {
+            (Err(problem), Some(step)) => Some(format!(
+                "{uri}: {problem}; falling back to the newest committed step {step}"
+            )),
+            (Err(problem), None) => Some(format!(
+                "{uri}: {problem}, and no step is committed: nothing to resume from"
+            )),
+            (Ok(_), Some(step)) => Some(format!(
+                "{uri} is missing although step {step} is committed (a save was interrupted \
+                 before moving it); using step {step}"
+            )),
+            (Ok(_), None) => None,
+        };
+        Ok((fallback, problem))
     }
 
     /// Every step folder, committed or not, ascending.

@@ -387,3 +387,74 @@ fn a_damaged_latest_falls_back_to_the_newest_committed_step_with_a_warning() {
         "an empty root has nothing to resume"
     );
 }
+
+#[test]
+fn describe_names_the_committed_steps_the_latest_its_run_and_a_damaged_pointer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store(&dir);
+    let empty = store.describe().expect("describe an empty root");
+    assert!(empty.is_empty() && empty.latest.is_none(), "{empty:?}");
+    assert_eq!(
+        empty.to_string(),
+        format!("{} holds no committed checkpoint", store.uri())
+    );
+
+    for step in [10, 20] {
+        store
+            .save(
+                step,
+                objects(step, 100),
+                serde_json::json!({ wave_ckpt::RUN_KEY: "alpha", "loss": 1.0 }),
+            )
+            .expect("save");
+    }
+    let root = dir.path().join("ckpt");
+    fs::create_dir_all(root.join(step_dir(25))).expect("unfinished folder");
+    fs::write(root.join(step_dir(25)).join("model.safetensors"), b"part").expect("partial");
+    let summary = store.describe().expect("describe");
+    assert!(!summary.is_empty());
+    assert_eq!(
+        (
+            summary.committed.clone(),
+            summary.uncommitted.clone(),
+            summary.latest
+        ),
+        (vec![10, 20], vec![25], Some(20))
+    );
+    assert_eq!(summary.run(), Some("alpha"));
+    assert_eq!(summary.pointer_problem, None);
+    let manifest = summary
+        .latest_manifest
+        .as_ref()
+        .expect("manifest of latest");
+    assert_eq!((manifest.step, manifest.world_size), (20, 4));
+    let line = summary.to_string();
+    for part in [
+        store.uri(),
+        "2 committed checkpoint(s)",
+        "latest step 20",
+        "of run \"alpha\"",
+        "written by local test at world size 4",
+        "s ago",
+    ] {
+        assert!(line.contains(part), "{part:?} missing from: {line}");
+    }
+
+    // `latest` names a step whose marker is gone: the summary resolves as `latest()` does and
+    // says why.
+    fs::remove_file(root.join(step_dir(20)).join(COMMITTED)).expect("unmark 20");
+    let summary = store.describe().expect("describe");
+    assert_eq!(
+        (summary.latest, summary.committed.clone()),
+        (Some(10), vec![10])
+    );
+    let problem = summary
+        .pointer_problem
+        .expect("the pointer problem is reported");
+    assert!(
+        problem.contains("step 20")
+            && problem.contains("falling back to the newest committed step 10"),
+        "{problem}"
+    );
+    assert_eq!(store.latest().expect("latest"), summary.latest);
+}
