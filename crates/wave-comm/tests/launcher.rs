@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use tch::Device;
-use wave_comm::{Backend, CommConfig, Error, Launcher, RankInfo};
+use wave_comm::{Backend, CommConfig, Error, Launcher, MpiThreadLevel, RankInfo};
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
@@ -236,6 +236,16 @@ fn comm_section_parses_from_toml_and_rejects_unknown_keys() {
     );
     assert!(toml::from_str::<CommConfig>("timeout = 30").is_err());
     assert!(toml::from_str::<CommConfig>("backend = \"gloo\"").is_err());
+    assert_eq!(
+        cfg.mpi_thread_level,
+        MpiThreadLevel::Multiple,
+        "the default"
+    );
+    let funneled: CommConfig = toml::from_str("mpi_thread_level = \"funneled\"").expect("parse");
+    assert_eq!(funneled.mpi_thread_level, MpiThreadLevel::Funneled);
+    assert!(toml::from_str::<CommConfig>("mpi_thread_level = \"many\"").is_err());
+    let err = "many".parse::<MpiThreadLevel>().expect_err("unknown level");
+    assert!(err.to_string().contains("comm.mpi_thread_level"), "{err}");
 }
 
 #[test]

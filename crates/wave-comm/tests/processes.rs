@@ -2,8 +2,9 @@
 //! rank) and the TCP rendezvous between separately started processes configured only by
 //! environment variables, as a Kubernetes Indexed Job starts them.
 //!
-//! The MPI tests skip with a message when `mpirun` is missing, and fail under `CI=true`. They run
-//! one at a time (a lock) so that timing checks are not distorted by each other on small machines.
+//! The MPI tests skip with a message when `mpirun` is missing (and fail under `CI=true`:
+//! `wave_testkit::missing`), and are ignored in builds without the `mpi` feature. They run one
+//! at a time (a lock) so that timing checks are not distorted by each other on small machines.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
@@ -27,12 +28,8 @@ fn comm_check() -> PathBuf {
     path
 }
 
-/// Whether MPI tests can run; panics under CI=true when they cannot.
+/// Whether MPI tests can run; otherwise [`wave_testkit::missing`] (a failure under `CI=true`).
 fn mpirun_available() -> bool {
-    if !cfg!(feature = "mpi") {
-        eprintln!("skipped: built without the `mpi` feature");
-        return false;
-    }
     let ok = Command::new("mpirun")
         .arg("--version")
         .stdout(Stdio::null())
@@ -40,11 +37,7 @@ fn mpirun_available() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "mpirun is missing (install openmpi-bin)"
-        );
-        eprintln!("skipped: mpirun is missing (install openmpi-bin)");
+        wave_testkit::missing("mpirun (Debian package openmpi-bin)");
     }
     ok
 }
@@ -155,20 +148,22 @@ fn collectives_agree_across(ranks: usize) {
 }
 
 #[test]
+#[cfg_attr(not(feature = "mpi"), ignore = "needs the `mpi` feature")]
 fn mpi_collectives_match_cpu_results_on_2_ranks() {
     collectives_agree_across(2);
 }
 
 #[test]
+#[cfg_attr(not(feature = "mpi"), ignore = "needs the `mpi` feature")]
 fn mpi_collectives_match_cpu_results_on_4_ranks() {
     collectives_agree_across(4);
 }
 
-#[test]
-fn a_stalled_rank_ends_every_rank_soon_after_the_timeout_naming_rank_op_and_step() {
-    let Some(_serial) = mpi_test() else { return };
+/// Rank 1 sleeps 120 s before step 2's all-reduce; rank 0's watchdog must end the job soon after
+/// its 3 s limit, naming rank, operation and step. Returns the job's output.
+fn stalled_rank_job(extra: &[&str]) -> String {
     let timeout_s = 3.0;
-    let args = [
+    let mut args = vec![
         "loop",
         "--steps",
         "10",
@@ -179,6 +174,7 @@ fn a_stalled_rank_ends_every_rank_soon_after_the_timeout_naming_rank_op_and_step
         "--timeout",
         "3",
     ];
+    args.extend_from_slice(extra);
     let child = mpirun(2, &args).spawn().expect("mpirun");
     let run = finish(child, Duration::from_secs(60), None);
     assert!(
@@ -200,9 +196,38 @@ fn a_stalled_rank_ends_every_rank_soon_after_the_timeout_naming_rank_op_and_step
         "missing {expected:?}:\n{}",
         run.output
     );
+    run.output
 }
 
 #[test]
+#[cfg_attr(not(feature = "mpi"), ignore = "needs the `mpi` feature")]
+fn a_stalled_rank_ends_every_rank_soon_after_the_timeout_naming_rank_op_and_step() {
+    let Some(_serial) = mpi_test() else { return };
+    let output = stalled_rank_job(&[]);
+    assert!(
+        output.contains("mpi thread level multiple") && !output.contains("not calling MPI_Abort"),
+        "MPI granted MULTIPLE, so the watchdog aborts through MPI:\n{output}"
+    );
+}
+
+#[test]
+#[cfg_attr(not(feature = "mpi"), ignore = "needs the `mpi` feature")]
+fn below_mpi_thread_multiple_the_watchdog_never_calls_mpi_and_the_launcher_still_ends_every_rank() {
+    let Some(_serial) = mpi_test() else { return };
+    let output = stalled_rank_job(&["--mpi-thread-level", "funneled"]);
+    for expected in [
+        "rank 0/2: backend mpi launcher open-mpi",
+        "mpi thread level funneled",
+        "wave-comm: rank 0: not calling MPI_Abort from the watchdog thread (MPI granted thread level funneled",
+    ] {
+        assert!(output.contains(expected), "missing {expected:?}:\n{output}");
+    }
+    // The rank exited on its own: mpirun reports an exit, not an MPI_Abort.
+    assert!(!output.contains("MPI_ABORT was invoked"), "{output}");
+}
+
+#[test]
+#[cfg_attr(not(feature = "mpi"), ignore = "needs the `mpi` feature")]
 fn a_rank_that_aborts_ends_every_rank_at_once_naming_itself() {
     let Some(_serial) = mpi_test() else { return };
     let child = mpirun(
@@ -241,6 +266,7 @@ fn a_rank_that_aborts_ends_every_rank_at_once_naming_itself() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "mpi"), ignore = "needs the `mpi` feature")]
 fn killing_one_rank_ends_every_rank_within_60_s() {
     let Some(_serial) = mpi_test() else { return };
     let ranks = 3;
