@@ -11,12 +11,17 @@
 //!   outage. Stopped with SIGTERM, then SIGKILL, on drop.
 //! - [`FaultProxy`]: a TCP proxy on loopback that adds latency, resets connections, answers
 //!   HTTP 5xx or accepts and never answers ([`Fault`]), to stand between a client and `Weed`.
+//! - [`NetLab`]: several "hosts" as Linux network namespaces on a bridge, each with its own
+//!   address: run a command inside a host, `mpirun` one rank per host (an agent enters the
+//!   namespace instead of ssh), cut and restore a host's link; everything is removed on drop.
+//!   [`RankRecord`] reads the per-rank output files of `tests/record-rank.sh`.
 //!
 //! ```no_run
 //! let Some(weed) = wave_testkit::Weed::start() else { return };
 //! weed.set_env(); // AWS_ENDPOINT_URL etc. for object_store's S3 client in this process
 //! ```
 
+mod netns;
 mod proxy;
 
 use std::io::{Read, Write};
@@ -24,6 +29,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use netns::{agent_script, record_rank_script, Host, NetLab, RankRecord};
 pub use proxy::{Fault, FaultProxy};
 
 /// `CI=true` turns a missing prerequisite into a failure instead of a skip.
