@@ -104,12 +104,13 @@ impl Communicator {
         if backend == Backend::Local {
             return Ok(Communicator::local_for(info.clone(), cfg.timeout()));
         }
-        let watchdog = Watchdog::start(info.rank).map_err(|e| Error::Collective {
-            rank: info.rank,
-            op: Op::Init,
-            context: "watchdog thread".into(),
-            reason: e.to_string(),
-        })?;
+        let watchdog =
+            Watchdog::start(info.rank, info.world_size).map_err(|e| Error::Collective {
+                rank: info.rank,
+                op: Op::Init,
+                context: "watchdog thread".into(),
+                reason: e.to_string(),
+            })?;
         let transport = start_backend(backend, info, cfg, device, &watchdog)?;
         tracing::info!(rank = info.rank, world_size = info.world_size, launcher = %info.launcher, %backend, "communicator ready");
         Ok(Communicator {

@@ -163,8 +163,8 @@ impl Drop for ArmGuard<'_> {
 }
 
 impl Watchdog {
-    /// Starts the thread for `rank`.
-    pub(crate) fn start(rank: usize) -> Result<Watchdog, std::io::Error> {
+    /// Starts the thread for `rank` of `world_size`.
+    pub(crate) fn start(rank: usize, world_size: usize) -> Result<Watchdog, std::io::Error> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
@@ -173,7 +173,7 @@ impl Watchdog {
         let watched = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name(format!("wave-comm-watchdog-{rank}"))
-            .spawn(move || watch(&watched, rank))?;
+            .spawn(move || watch(&watched, rank, world_size))?;
         Ok(Watchdog {
             shared,
             thread: Some(thread),
@@ -221,7 +221,7 @@ impl Drop for Watchdog {
     }
 }
 
-fn watch(shared: &Shared, rank: usize) {
+fn watch(shared: &Shared, rank: usize, world_size: usize) {
     let mut state = shared.lock();
     loop {
         if state.shutdown {
@@ -244,6 +244,7 @@ fn watch(shared: &Shared, rank: usize) {
                 let err = match state.armed.take() {
                     Some(a) => Error::Timeout {
                         rank,
+                        world_size,
                         op: a.op,
                         context: a.context,
                         timeout_s: a.limit.as_secs_f64(),

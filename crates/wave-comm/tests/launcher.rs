@@ -308,3 +308,24 @@ fn world_size_above_one_without_a_usable_backend_is_an_error() {
         .to_string();
     assert!(msg.contains("nccl"), "{msg}");
 }
+
+#[test]
+fn a_timeout_names_the_peer_when_there_is_only_one() {
+    let timeout = |rank, world_size| {
+        Error::Timeout {
+            rank,
+            world_size,
+            op: wave_comm::Op::AllReduce,
+            context: "step 7".into(),
+            timeout_s: 10.0,
+        }
+        .to_string()
+    };
+    assert_eq!(
+        timeout(0, 2),
+        "rank 0: all_reduce (step 7) did not complete within 10.0 s: its peer, rank 1, is stuck, \
+         slow, dead or unreachable; aborting the job"
+    );
+    assert!(timeout(1, 2).contains("its peer, rank 0, is stuck"));
+    assert!(timeout(3, 8).contains("one of the other 7 ranks is stuck"));
+}

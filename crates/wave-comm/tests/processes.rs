@@ -1,6 +1,7 @@
 //! Real processes: the `comm-check` example under `mpirun` (collectives, a stalled rank, a killed
 //! rank) and the TCP rendezvous between separately started processes configured only by
-//! environment variables, as a Kubernetes Indexed Job starts them.
+//! environment variables, as a Kubernetes Indexed Job starts them, on one host and across hosts
+//! (network namespaces, `wave_testkit::NetLab`; skipped where they cannot be made).
 //!
 //! The MPI tests skip with a message when `mpirun` is missing (and fail under `CI=true`:
 //! `wave_testkit::missing`), and are ignored in builds without the `mpi` feature. They run one
@@ -190,7 +191,9 @@ fn stalled_rank_job(extra: &[&str]) -> String {
         run.elapsed,
         run.output
     );
-    let expected = format!("rank 0: all_reduce (step 2) did not complete within {timeout_s:.1} s");
+    let expected = format!(
+        "rank 0: all_reduce (step 2) did not complete within {timeout_s:.1} s: its peer, rank 1, is stuck"
+    );
     assert!(
         run.output.contains(&expected),
         "missing {expected:?}:\n{}",
@@ -336,8 +339,31 @@ fn free_port() -> u16 {
 
 /// Starts one rank of a Kubernetes-Indexed-Job-style job: only these variables, no launcher.
 fn indexed_job_rank(index: usize, world: usize, port: u16) -> Child {
-    let mut cmd = Command::new(comm_check());
-    cmd.arg("rendezvous").args(["--timeout", "30"]).env_clear();
+    indexed_job_command(
+        Command::new(comm_check()),
+        index,
+        world,
+        "127.0.0.1",
+        port,
+        30,
+    )
+    .spawn()
+    .expect("start comm-check")
+}
+
+/// `comm-check rendezvous` as one rank of an Indexed Job: `cmd` runs comm-check (directly, or
+/// inside a test host); its environment is only these variables.
+fn indexed_job_command(
+    mut cmd: Command,
+    index: usize,
+    world: usize,
+    master: &str,
+    port: u16,
+    timeout_s: u64,
+) -> Command {
+    cmd.arg("rendezvous")
+        .args(["--timeout", &timeout_s.to_string()])
+        .env_clear();
     for keep in ["PATH", "LD_LIBRARY_PATH"] {
         if let Ok(v) = std::env::var(keep) {
             cmd.env(keep, v);
@@ -345,13 +371,90 @@ fn indexed_job_rank(index: usize, world: usize, port: u16) -> Child {
     }
     cmd.env("JOB_COMPLETION_INDEX", index.to_string())
         .env("WAVE_WORLD_SIZE", world.to_string())
-        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_ADDR", master)
         .env("MASTER_PORT", port.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start comm-check")
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// The id `comm-check` derives for the rendezvous test, as it prints it.
+fn expected_id() -> String {
+    (0..128u32)
+        .map(|i| format!("{:02x}", (i * 7 + 3) as u8))
+        .collect()
+}
+
+#[test]
+fn tcp_rendezvous_across_hosts_reaches_rank0_at_another_hosts_address() {
+    let Some(lab) = wave_testkit::NetLab::start(3) else {
+        return;
+    };
+    let (world, port, master) = (3, 29500, lab.host(0).addr.to_string());
+    // Ranks 1 and 2 on their own hosts first: rank 0's host does not answer yet.
+    let others: Vec<Child> = (1..world)
+        .map(|i| {
+            let mut cmd =
+                indexed_job_command(lab.command(i, comm_check()), i, world, &master, port, 30);
+            lab.spawn(&mut cmd)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let root = lab.spawn(&mut indexed_job_command(
+        lab.command(0, comm_check()),
+        0,
+        world,
+        &master,
+        port,
+        30,
+    ));
+    for (rank, child) in std::iter::once(root).chain(others).enumerate() {
+        let run = finish(child, Duration::from_secs(60), None);
+        assert!(run.status.success(), "rank {rank} failed:\n{}", run.output);
+        assert!(
+            run.output
+                .contains(&format!("/{world} id {}\n", expected_id())),
+            "rank {rank} got rank 0's id:\n{}",
+            run.output
+        );
+    }
+}
+
+#[test]
+fn tcp_rendezvous_with_rank0_s_host_cut_off_gives_up_at_the_deadline_naming_its_address() {
+    let Some(lab) = wave_testkit::NetLab::start(2) else {
+        return;
+    };
+    let master = lab.host(0).addr.to_string();
+    lab.cut(0);
+    let started = Instant::now();
+    let child = lab.spawn(&mut indexed_job_command(
+        lab.command(1, comm_check()),
+        1,
+        2,
+        &master,
+        29500,
+        4,
+    ));
+    let run = finish(child, Duration::from_secs(60), None);
+    let took = started.elapsed();
+    assert!(!run.status.success(), "{}", run.output);
+    assert!(
+        took < Duration::from_secs(15),
+        "gave up after {took:?}:\n{}",
+        run.output
+    );
+    for needle in [
+        format!("rank 1: rendezvous with rank 0 at {master}:29500"),
+        "gave up".to_string(),
+    ] {
+        assert!(
+            run.output.contains(&needle),
+            "missing {needle:?}:\n{}",
+            run.output
+        );
+    }
 }
 
 #[test]
@@ -363,9 +466,7 @@ fn tcp_rendezvous_hands_rank0_s_id_to_separate_processes_even_when_rank0_starts_
     // Ranks 1 and 2 find nothing listening and must retry.
     std::thread::sleep(Duration::from_millis(1500));
     let root = indexed_job_rank(0, world, port);
-    let expected: String = (0..128u32)
-        .map(|i| format!("{:02x}", (i * 7 + 3) as u8))
-        .collect();
+    let expected = expected_id();
     for (rank, child) in std::iter::once(root).chain(others).enumerate() {
         let run = finish(child, Duration::from_secs(60), None);
         assert!(run.status.success(), "a rank failed:\n{}", run.output);
