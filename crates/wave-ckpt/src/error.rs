@@ -12,7 +12,7 @@ pub enum Error {
     Store {
         /// Full URI of the object or folder.
         uri: String,
-        /// The operation (`put`, `get`, `list`, `delete`).
+        /// The operation (`open`, `put`, `get`, `list`, `delete`).
         op: &'static str,
         /// Underlying error.
         #[source]

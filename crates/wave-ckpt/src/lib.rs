@@ -24,10 +24,21 @@
 //! module (`store.rs`).
 //!
 //! Parts:
-//! - [`CheckpointStore`]: blocking `save`, `latest`, `list`, `load`, `verify`, `apply_retention`;
-//! - [`Saver`]: the same saves on a background thread (`submit`, `poll` each step, `finish`);
+//! - [`CheckpointStore`]: blocking `save`, `latest`, `list`, `load`, `verify`, `apply_retention`,
+//!   and `describe` ([`RootSummary`]: the committed steps, the step to resume from and who wrote
+//!   it, so a trainer can refuse to start a fresh run over another run's checkpoints);
+//! - [`Saver`]: the same saves on a background thread with a bounded number in flight. A caller
+//!   whose peers wait for it (a rank in a collective with a time limit) uses the calls that never
+//!   wait for the store: `try_submit` answers [`Submitted::Busy`] instead of blocking when
+//!   `max_in_flight` saves are unfinished (skip or defer that save), `poll` each step, and
+//!   `finish_within` a deadline, which reports the steps that did not land ([`FinishReport`]).
+//!   `submit` and `finish` block until there is room, or everything landed;
 //! - [`retention()`]: which committed steps to delete, as a pure function;
 //! - [`Manifest`], [`Pointer`]: the JSON documents; [`Error`]: the one error type.
+//!
+//! On a local folder every object, manifest, marker and pointer is fsynced together with its
+//! folder before the next write (so `COMMITTED` never reaches the disk before what it commits),
+//! and a damaged `latest` falls back to the newest committed step with a warning.
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -63,8 +74,9 @@ pub use layout::{
     FORMAT_VERSION, LATEST, MANIFEST,
 };
 pub use retention::{retention, Retention};
-pub use saver::{SaveOutcome, Saver, SaverOptions};
+pub use saver::{FinishReport, SaveOutcome, Saver, SaverOptions, Submitted};
 pub use store::{
-    CheckpointInfo, CheckpointStore, CommitInfo, Loaded, RetentionReport, RetryPolicy,
+    CheckpointInfo, CheckpointStore, CommitInfo, Loaded, RetentionReport, RetryPolicy, RootSummary,
+    RUN_KEY,
 };
 pub use wave_store::StoreOptions;

@@ -15,6 +15,22 @@
 //! A crash between any two steps leaves at worst an uncommitted folder, which readers ignore, or a
 //! committed step that `latest` does not point at yet; `latest` itself always names a committed,
 //! complete step. `latest` never moves backwards.
+//!
+//! **Local disk.** A crash of the machine (not only of the process) must not leave a commit marker
+//! whose objects are still in the page cache. On a local root every write is made durable before
+//! the next one starts: each object, the manifest, the marker and `latest` are written to a
+//! temporary file, fsynced, renamed (or hard-linked) into place, and the folder holding the new
+//! name is fsynced; a new step folder is fsynced together with the root that holds it. So the
+//! objects, the manifest and the step folder are on disk before `COMMITTED` is, and `COMMITTED`
+//! is before `latest` moves; the root is fsynced after `latest` moves. (object_store's
+//! `LocalFileSystem::with_fsync` performs exactly these calls; the crash-safety tests check their
+//! order with `strace`.)
+//!
+//! **A damaged `latest`.** Should `latest` be unreadable, or name a step whose commit marker is
+//! missing or different (a file system restored from a backup, a hand edit),
+//! [`CheckpointStore::latest`] warns and falls back to the newest committed step whose manifest
+//! matches its marker, and the next save replaces the pointer. Failing requests are errors, never
+//! a fallback: an unreachable store must not look like an empty one.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -120,6 +136,76 @@ impl Loaded {
     }
 }
 
+/// Metadata key under which a caller records the run a checkpoint belongs to; read back by
+/// [`RootSummary::run`].
+pub const RUN_KEY: &str = "run";
+
+/// What a checkpoint root holds ([`CheckpointStore::describe`]). Its `Display` is one line for
+/// messages: the root, its committed steps, the step to resume from and who wrote it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RootSummary {
+    /// The root URI.
+    pub uri: String,
+    /// Committed steps, ascending.
+    pub committed: Vec<u64>,
+    /// Step folders without a commit marker (unfinished saves), ascending.
+    pub uncommitted: Vec<u64>,
+    /// The step a resume would start from (what [`CheckpointStore::latest`] returns).
+    pub latest: Option<u64>,
+    /// The manifest of `latest`: writer, world size, time and the caller's metadata.
+    pub latest_manifest: Option<Manifest>,
+    /// When `latest` had to fall back: what was wrong with the pointer and which step was chosen.
+    pub pointer_problem: Option<String>,
+}
+
+impl RootSummary {
+    /// Whether the root holds no committed checkpoint (unfinished leftovers do not count).
+    pub fn is_empty(&self) -> bool {
+        self.committed.is_empty()
+    }
+
+    /// The run of the `latest` checkpoint: its metadata's [`RUN_KEY`] string, if recorded.
+    pub fn run(&self) -> Option<&str> {
+        self.latest_manifest
+            .as_ref()?
+            .metadata
+            .get(RUN_KEY)?
+            .as_str()
+    }
+}
+
+impl std::fmt::Display for RootSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (Some(latest), Some(m)) = (self.latest, &self.latest_manifest) else {
+            return write!(f, "{} holds no committed checkpoint", self.uri);
+        };
+        write!(
+            f,
+            "{} holds {} committed checkpoint(s), latest step {latest}",
+            self.uri,
+            self.committed.len()
+        )?;
+        if let Some(run) = self.run() {
+            write!(f, " of run {run:?}")?;
+        }
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let age_s = now_ms.saturating_sub(m.created_unix_ms) as f64 / 1000.0;
+        let age = match age_s {
+            s if s < 120.0 => format!("{s:.0} s"),
+            s if s < 7200.0 => format!("{:.0} min", s / 60.0),
+            s if s < 172_800.0 => format!("{:.1} h", s / 3600.0),
+            s => format!("{:.1} days", s / 86_400.0),
+        };
+        write!(
+            f,
+            " (written by {} at world size {}, {age} ago)",
+            m.created_by, m.world_size
+        )
+    }
+}
+
 /// What [`CheckpointStore::apply_retention`] removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RetentionReport {
@@ -169,7 +255,10 @@ impl CheckpointStore {
                 msg: "must be at least 1".into(),
             });
         }
-        let root = Root::open(uri, true, &retry.store)?;
+        let mut root = Root::open(uri, true, &retry.store)?;
+        if let Some(dir) = root.local_dir() {
+            root.store = durable_local_store(uri, dir)?;
+        }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("wave-ckpt-io")
@@ -260,24 +349,79 @@ impl CheckpointStore {
         }
     }
 
-    /// The step `latest` points at, `None` before the first commit. Errors when the pointer is
-    /// unreadable or names a step whose commit marker is missing or different.
+    /// The step to resume from: the one `latest` points at, `None` when nothing is committed.
+    ///
+    /// When `latest` is missing while committed steps exist, unreadable, or names a step whose
+    /// commit marker is missing or different, this logs a warning and returns the newest
+    /// committed step instead (see the module docs). Failed requests are errors.
     pub fn latest(&self) -> Result<Option<u64>> {
         self.rt.block_on(async {
-            let Some(p) = self.pointer().await? else {
-                return Ok(None);
-            };
-            let marker = self.marker(p.step).await?;
-            if marker.as_deref() != Some(p.manifest_sha256.as_str()) {
-                let msg = format!(
-                    "points at step {} whose commit marker is {}",
-                    p.step,
-                    marker.map_or("missing".into(), |m| format!("{m:?}"))
-                );
-                return Err(Error::format(self.root.uri_of(LATEST), msg));
+            let (step, problem) = self.resolve_latest(None).await?;
+            if let Some(problem) = problem {
+                warn!("{problem}");
             }
-            Ok(Some(p.step))
+            Ok(step)
         })
+    }
+
+    /// What the root holds, cheaply: one listing, the `latest` pointer and the manifest of the
+    /// step it resolves to (as [`CheckpointStore::latest`] does, but reporting a damaged pointer in
+    /// [`RootSummary::pointer_problem`] instead of logging it). For a trainer that must not start
+    /// a fresh run over another run's checkpoints.
+    pub fn describe(&self) -> Result<RootSummary> {
+        self.rt.block_on(async {
+            let steps = self.list_steps().await?;
+            let (latest, pointer_problem) = self.resolve_latest(Some(&steps)).await?;
+            let latest_manifest = match latest {
+                Some(step) => {
+                    let rel = format!("{}/{MANIFEST}", step_dir(step));
+                    let bytes = self.get(&rel).await?;
+                    Some(Manifest::parse(&bytes, &self.root.uri_of(&rel), step)?)
+                }
+                None => None,
+            };
+            let (committed, uncommitted): (Vec<_>, Vec<_>) =
+                steps.iter().partition(|(_, l)| l.committed);
+            Ok(RootSummary {
+                uri: self.root.uri.clone(),
+                committed: committed.into_iter().map(|(s, _)| *s).collect(),
+                uncommitted: uncommitted.into_iter().map(|(s, _)| *s).collect(),
+                latest,
+                latest_manifest,
+                pointer_problem,
+            })
+        })
+    }
+
+    /// The step to resume from and, when `latest` could not be trusted, a sentence saying what was
+    /// wrong and what was chosen instead. `steps`: a listing already made, if any.
+    async fn resolve_latest(
+        &self,
+        steps: Option<&BTreeMap<u64, StepListing>>,
+    ) -> Result<(Option<u64>, Option<String>)> {
+        let pointer = self.checked_pointer().await?;
+        if let Ok(Some(p)) = &pointer {
+            return Ok((Some(p.step), None));
+        }
+        let fallback = match steps {
+            Some(steps) => self.newest_committed(steps).await?,
+            None => self.newest_committed(&self.list_steps().await?).await?,
+        };
+        let uri = self.root.uri_of(LATEST);
+        let problem = match (&pointer, fallback) {
+            (Err(problem), Some(step)) => Some(format!(
+                "{uri}: {problem}; falling back to the newest committed step {step}"
+            )),
+            (Err(problem), None) => Some(format!(
+                "{uri}: {problem}, and no step is committed: nothing to resume from"
+            )),
+            (Ok(_), Some(step)) => Some(format!(
+                "{uri} is missing although step {step} is committed (a save was interrupted \
+                 before moving it); using step {step}"
+            )),
+            (Ok(_), None) => None,
+        };
+        Ok((fallback, problem))
     }
 
     /// Every step folder, committed or not, ascending.
@@ -451,11 +595,14 @@ impl CheckpointStore {
                     match Pointer::parse(&bytes, &uri) {
                         Ok(old) if old == new => return Ok(true),
                         Ok(old) if old.step > step => {
-                            warn!(
-                                "not moving {uri} back from step {} to step {step}",
-                                old.step
-                            );
-                            return Ok(false);
+                            if self.names_committed(&old).await? {
+                                warn!(
+                                    "not moving {uri} back from step {} to step {step}",
+                                    old.step
+                                );
+                                return Ok(false);
+                            }
+                            warn!("replacing {uri}: it names step {}, which is not committed with that manifest", old.step);
                         }
                         Ok(_) => {}
                         Err(e) => warn!("replacing an unreadable pointer: {e}"),
@@ -573,6 +720,54 @@ impl CheckpointStore {
             None => Ok(None),
             Some((bytes, _)) => Pointer::parse(&bytes, &self.root.uri_of(LATEST)).map(Some),
         }
+    }
+
+    /// `latest` when it is absent or names a committed step (`Ok`), or what is wrong with it
+    /// (the inner `Err`). The outer error is a failed request.
+    async fn checked_pointer(&self) -> Result<Result<Option<Pointer>, String>> {
+        let pointer = match self.pointer().await {
+            Ok(p) => p,
+            Err(Error::Format { msg, .. }) => return Ok(Err(msg)),
+            Err(e) => return Err(e),
+        };
+        let Some(p) = pointer else {
+            return Ok(Ok(None));
+        };
+        let marker = self.marker(p.step).await?;
+        if marker.as_deref() == Some(p.manifest_sha256.as_str()) {
+            return Ok(Ok(Some(p)));
+        }
+        Ok(Err(format!(
+            "points at step {} whose commit marker is {}",
+            p.step,
+            marker.map_or("missing".into(), |m| format!(
+                "{m:?} (the pointer says {:?})",
+                p.manifest_sha256
+            ))
+        )))
+    }
+
+    /// Whether `p` names a step committed with the manifest it records.
+    async fn names_committed(&self, p: &Pointer) -> Result<bool> {
+        Ok(self.marker(p.step).await?.as_deref() == Some(p.manifest_sha256.as_str()))
+    }
+
+    /// The newest step of `steps` whose commit marker matches its manifest's sha256.
+    async fn newest_committed(&self, steps: &BTreeMap<u64, StepListing>) -> Result<Option<u64>> {
+        for (&step, _) in steps.iter().rev().filter(|(_, l)| l.committed) {
+            let Some(marker) = self.marker(step).await? else {
+                continue;
+            };
+            let rel = format!("{}/{MANIFEST}", step_dir(step));
+            match self.get_opt(&rel).await? {
+                Some((bytes, _)) if sha256_hex(&bytes) == marker => return Ok(Some(step)),
+                _ => warn!(
+                    "{}: its manifest does not match its commit marker; skipping it",
+                    self.root.uri_of(&step_dir(step))
+                ),
+            }
+        }
+        Ok(None)
     }
 
     /// Step folders with their objects. Local roots also report folders holding only temporary
@@ -712,4 +907,27 @@ impl CheckpointStore {
             Err(e) => Err(Error::store(self.root.uri_of(&rel), "delete", e)),
         }
     }
+}
+
+/// object_store's local file system with fsync after every write (see the module docs), over the
+/// folder `wave-store` opened. The folder itself and its parent are fsynced once here, so a root
+/// just created survives a crash as well.
+fn durable_local_store(
+    uri: &str,
+    dir: &std::path::Path,
+) -> Result<Arc<dyn object_store::ObjectStore>> {
+    let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
+        .map_err(|e| Error::store(uri, "open", e))?
+        .with_automatic_cleanup(true)
+        .with_fsync(true);
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    for folder in std::iter::once(dir).chain(parent) {
+        std::fs::File::open(folder)
+            .and_then(|f| f.sync_all())
+            .map_err(|source| Error::Io {
+                path: folder.to_path_buf(),
+                source,
+            })?;
+    }
+    Ok(Arc::new(store))
 }

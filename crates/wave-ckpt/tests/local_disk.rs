@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 
 use bytes::Bytes;
-use common::objects;
+use common::{captured_logs, objects};
 use wave_ckpt::{
     step_dir, CheckpointStore, Error, Retention, RetryPolicy, Saver, SaverOptions, COMMITTED,
     LATEST,
@@ -131,12 +131,10 @@ fn uncommitted_step_is_invisible_to_latest_and_load_and_removed_by_next_save() {
     // 10. And a folder holding only the temporary file of an interrupted write.
     let root = dir.path().join("ckpt");
     fs::remove_file(root.join(step_dir(20)).join(COMMITTED)).expect("unmark");
-    let err = store
-        .latest()
-        .expect_err("latest names an uncommitted step");
-    assert!(
-        err.to_string().contains("step 20") && err.to_string().contains("missing"),
-        "{err}"
+    assert_eq!(
+        store.latest().expect("latest"),
+        Some(10),
+        "a pointer to an uncommitted step falls back to the newest committed one"
     );
     fs::write(
         root.join(LATEST),
@@ -312,4 +310,151 @@ fn background_saver_reports_every_save_in_order_and_applies_retention() {
         ),
         Err(Error::Config { .. })
     ));
+}
+
+#[test]
+fn a_damaged_latest_falls_back_to_the_newest_committed_step_with_a_warning() {
+    let logs = captured_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store(&dir);
+    for step in [10, 20, 30] {
+        store
+            .save(step, objects(step, 100), serde_json::json!({}))
+            .expect("save");
+    }
+    let root = dir.path().join("ckpt");
+    let latest = root.join(LATEST);
+    let pointer =
+        |step: u64, sha: &str| format!("{{\"step\":{step},\"manifest_sha256\":\"{sha}\"}}");
+    let cases = [
+        (
+            "half-written pointer",
+            Some("{\"step\":3".to_string()),
+            "unreadable latest pointer",
+        ),
+        (
+            "pointer to a step that does not exist",
+            Some(pointer(40, &sha_of(&root, 30))),
+            "step 40 whose commit marker is missing",
+        ),
+        (
+            "pointer with another manifest's hash",
+            Some(pointer(30, &sha_of(&root, 20))),
+            "step 30 whose commit marker is",
+        ),
+        (
+            "no pointer although steps are committed",
+            None,
+            "is missing although step 30 is committed",
+        ),
+    ];
+    for (what, content, warning) in cases {
+        match &content {
+            Some(text) => fs::write(&latest, text).expect("damage latest"),
+            None => fs::remove_file(&latest).expect("remove latest"),
+        }
+        let before = logs.lock().unwrap_or_else(|e| e.into_inner()).len();
+        assert_eq!(store.latest().expect(what), Some(30), "{what}");
+        let logged =
+            String::from_utf8_lossy(&logs.lock().unwrap_or_else(|e| e.into_inner())[before..])
+                .to_string();
+        assert!(
+            logged.contains("WARN") && logged.contains(warning) && logged.contains("ckpt/latest"),
+            "{what}: expected a warning naming {warning:?}:\n{logged}"
+        );
+    }
+
+    // The newest committed step is itself damaged (its manifest no longer matches its marker):
+    // the fallback skips it.
+    fs::write(&latest, "garbage").expect("damage latest");
+    let manifest = root.join(step_dir(30)).join("manifest.json");
+    let text = fs::read_to_string(&manifest).expect("manifest");
+    fs::write(&manifest, text.replace("\"step\": 30", "\"step\": 30 ")).expect("edit manifest");
+    assert_eq!(store.latest().expect("latest"), Some(20));
+    store.load(20).expect("the fallback step loads");
+
+    // A pointer naming a later step that is not committed does not hold the next save back.
+    fs::write(&latest, pointer(99, &sha_of(&root, 20))).expect("dangling pointer");
+    let info = store
+        .save(40, objects(40, 100), serde_json::json!({}))
+        .expect("save 40");
+    assert!(info.latest_moved, "{info:?}");
+    assert_eq!(store.latest().expect("latest"), Some(40));
+    let fresh = tempfile::tempdir().expect("tempdir");
+    assert_eq!(
+        crate::store(&fresh).latest().expect("empty root"),
+        None,
+        "an empty root has nothing to resume"
+    );
+}
+
+#[test]
+fn describe_names_the_committed_steps_the_latest_its_run_and_a_damaged_pointer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = store(&dir);
+    let empty = store.describe().expect("describe an empty root");
+    assert!(empty.is_empty() && empty.latest.is_none(), "{empty:?}");
+    assert_eq!(
+        empty.to_string(),
+        format!("{} holds no committed checkpoint", store.uri())
+    );
+
+    for step in [10, 20] {
+        store
+            .save(
+                step,
+                objects(step, 100),
+                serde_json::json!({ wave_ckpt::RUN_KEY: "alpha", "loss": 1.0 }),
+            )
+            .expect("save");
+    }
+    let root = dir.path().join("ckpt");
+    fs::create_dir_all(root.join(step_dir(25))).expect("unfinished folder");
+    fs::write(root.join(step_dir(25)).join("model.safetensors"), b"part").expect("partial");
+    let summary = store.describe().expect("describe");
+    assert!(!summary.is_empty());
+    assert_eq!(
+        (
+            summary.committed.clone(),
+            summary.uncommitted.clone(),
+            summary.latest
+        ),
+        (vec![10, 20], vec![25], Some(20))
+    );
+    assert_eq!(summary.run(), Some("alpha"));
+    assert_eq!(summary.pointer_problem, None);
+    let manifest = summary
+        .latest_manifest
+        .as_ref()
+        .expect("manifest of latest");
+    assert_eq!((manifest.step, manifest.world_size), (20, 4));
+    let line = summary.to_string();
+    for part in [
+        store.uri(),
+        "2 committed checkpoint(s)",
+        "latest step 20",
+        "of run \"alpha\"",
+        "written by local test at world size 4",
+        "s ago",
+    ] {
+        assert!(line.contains(part), "{part:?} missing from: {line}");
+    }
+
+    // `latest` names a step whose marker is gone: the summary resolves as `latest()` does and
+    // says why.
+    fs::remove_file(root.join(step_dir(20)).join(COMMITTED)).expect("unmark 20");
+    let summary = store.describe().expect("describe");
+    assert_eq!(
+        (summary.latest, summary.committed.clone()),
+        (Some(10), vec![10])
+    );
+    let problem = summary
+        .pointer_problem
+        .expect("the pointer problem is reported");
+    assert!(
+        problem.contains("step 20")
+            && problem.contains("falling back to the newest committed step 10"),
+        "{problem}"
+    );
+    assert_eq!(store.latest().expect("latest"), summary.latest);
 }

@@ -1,47 +1,16 @@
 //! Checkpoints on a real S3 server (SeaweedFS on loopback): round trip with the conditional
-//! `latest` put, an outage during background saves, and credentials kept out of logs and errors.
+//! `latest` put, an outage during background saves, a server that never answers, resets, 5xx and
+//! latency injected by a proxy (wave-testkit's `FaultProxy`), and credentials kept out of logs
+//! and errors.
 //! Skips when `weed` is missing (fails under `CI=true`).
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{objects, open_s3, Weed, FAKE_SECRET};
-use wave_ckpt::{Error, Retention, RetryPolicy, Saver, SaverOptions, StoreOptions};
-
-/// Every log line of this test binary, at debug level for all crates (object_store, reqwest ...).
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&buf);
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(move || LogWriter(Arc::clone(&sink)))
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
-        buf
-    })
-    .clone()
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(data);
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use common::{captured_logs, objects, open_s3, Weed, FAKE_SECRET};
+use wave_ckpt::{Error, Retention, RetryPolicy, Saver, SaverOptions, StoreOptions, Submitted};
+use wave_testkit::{Fault, FaultProxy};
 
 /// Quick failure against a dead endpoint: 1 request retry, 1-2 s timeouts.
 fn impatient(attempts: u32) -> RetryPolicy {
@@ -282,4 +251,210 @@ fn secret_key_never_appears_in_logs_debug_output_or_errors() {
     for t in &texts {
         assert!(!t.contains(FAKE_SECRET), "secret leaked in: {t}");
     }
+}
+
+/// Longer than any deadline below, so that a blackholed request is still waiting when the test
+/// looks; one request retry, one whole-save attempt.
+fn patient_single_attempt() -> RetryPolicy {
+    let mut policy = impatient(1);
+    policy.store.timeout = Duration::from_secs(60);
+    policy.store.retry.retry_timeout = Duration::from_secs(60);
+    policy
+}
+
+/// Polls until an outcome arrives (at most `limit`).
+fn next_outcome(saver: &mut Saver, limit: Duration) -> wave_ckpt::SaveOutcome {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(o) = saver.poll().into_iter().next() {
+            return o;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no save finished within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Calls `try_submit` and checks it returned at once.
+fn try_submit_now(saver: &mut Saver, step: u64) -> Submitted {
+    let objects = objects(step, 200_000);
+    let started = Instant::now();
+    let answer = saver
+        .try_submit(step, objects, serde_json::json!({}))
+        .expect("try_submit");
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "try_submit of step {step} waited {:?}",
+        started.elapsed()
+    );
+    answer
+}
+
+#[test]
+fn against_a_store_that_never_answers_try_submit_never_blocks_and_finish_within_names_what_did_not_land(
+) {
+    captured_logs();
+    let Some(weed) = Weed::start() else { return };
+    let proxy = FaultProxy::start(&weed.endpoint);
+    let store = open_s3(
+        &proxy.endpoint(),
+        "wave-test/runs/hang",
+        patient_single_attempt(),
+    )
+    .expect("open");
+    let mut saver = Saver::new(
+        store.clone(),
+        SaverOptions {
+            max_in_flight: 2,
+            retention: None,
+        },
+    )
+    .expect("saver");
+    assert_eq!(try_submit_now(&mut saver, 1), Submitted::Queued);
+    let first = next_outcome(&mut saver, Duration::from_secs(30));
+    assert!(first.result.is_ok(), "{first:?}");
+
+    proxy.set(Fault::Blackhole);
+    assert_eq!(try_submit_now(&mut saver, 2), Submitted::Queued);
+    assert_eq!(try_submit_now(&mut saver, 3), Submitted::Queued);
+    for step in 4..8 {
+        assert_eq!(
+            try_submit_now(&mut saver, step),
+            Submitted::Busy { in_flight: 2 },
+            "step {step}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        saver.poll().is_empty(),
+        "nothing lands while the store hangs"
+    );
+    assert_eq!((saver.in_flight(), saver.pending()), (2, 2));
+
+    let started = Instant::now();
+    let report = saver
+        .finish_within(Duration::from_secs(2))
+        .expect("finish_within");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(4),
+        "finish_within(2 s) returned after {waited:?}"
+    );
+    assert!(report.outcomes.is_empty(), "{:?}", report.outcomes);
+    assert_eq!(report.unfinished, vec![2, 3]);
+
+    // Straight to the server: step 1 is what a resume finds, intact.
+    let direct = open_s3(&weed.endpoint, "wave-test/runs/hang", impatient(1)).expect("open");
+    assert_eq!(direct.latest().expect("latest"), Some(1));
+    direct.verify(1).expect("step 1 verifies");
+}
+
+#[test]
+fn with_seaweedfs_stopped_try_submit_says_busy_and_saves_land_after_the_restart() {
+    captured_logs();
+    let Some(mut weed) = Weed::start() else {
+        return;
+    };
+    // ~30 s of retrying (10 attempts, 0.5 s doubling to 4 s), longer than the outage.
+    let store = open_s3(&weed.endpoint, "wave-test/runs/stopped", impatient(10)).expect("open");
+    let mut saver = Saver::new(
+        store.clone(),
+        SaverOptions {
+            max_in_flight: 1,
+            retention: None,
+        },
+    )
+    .expect("saver");
+    assert_eq!(try_submit_now(&mut saver, 1), Submitted::Queued);
+    assert!(next_outcome(&mut saver, Duration::from_secs(30))
+        .result
+        .is_ok());
+
+    weed.kill();
+    assert_eq!(try_submit_now(&mut saver, 2), Submitted::Queued);
+    // A periodic save every 0.5 s for 8 s: every one is turned away at once.
+    let down = Instant::now();
+    let mut step = 3;
+    while down.elapsed() < Duration::from_secs(8) {
+        assert_eq!(
+            try_submit_now(&mut saver, step),
+            Submitted::Busy { in_flight: 1 }
+        );
+        step += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(saver.poll().is_empty(), "step 2 is still being retried");
+    weed.restart();
+    let second = next_outcome(&mut saver, Duration::from_secs(60));
+    assert_eq!(second.step, 2);
+    let info = second.result.expect("step 2 lands after the restart");
+    assert!(info.attempts > 1, "{info:?}");
+    assert_eq!(try_submit_now(&mut saver, step), Submitted::Queued);
+    let report = saver
+        .finish_within(Duration::from_secs(60))
+        .expect("finish_within");
+    assert!(report.unfinished.is_empty(), "{report:?}");
+    assert_eq!(
+        report
+            .outcomes
+            .iter()
+            .map(|o| (o.step, o.result.is_ok()))
+            .collect::<Vec<_>>(),
+        vec![(step, true)]
+    );
+    assert_eq!(store.latest().expect("latest"), Some(step));
+    for c in store.list().expect("list") {
+        assert!(c.committed, "no unfinished leftovers: {c:?}");
+        store.verify(c.step).expect("verifies");
+    }
+}
+
+#[test]
+fn saves_ride_out_resets_5xx_and_latency_injected_between_client_and_server() {
+    captured_logs();
+    let Some(weed) = Weed::start() else { return };
+    let proxy = FaultProxy::start(&weed.endpoint);
+    let store = open_s3(&proxy.endpoint(), "wave-test/runs/faults", impatient(10)).expect("open");
+    let mut saver = Saver::new(store.clone(), SaverOptions::default()).expect("saver");
+    let faults = [
+        (Fault::Reset, true),
+        (Fault::HttpStatus(503), true),
+        (Fault::HttpStatus(500), true),
+        (Fault::Latency(Duration::from_millis(150)), false),
+    ];
+    for (step, (fault, transient)) in (1u64..).zip(faults) {
+        proxy.set(fault.clone());
+        let before = proxy.connections();
+        saver
+            .submit(step, objects(step, 300_000), serde_json::json!({}))
+            .expect("submit");
+        if transient {
+            std::thread::sleep(Duration::from_millis(1500));
+            assert!(
+                saver.poll().is_empty(),
+                "{fault:?}: nothing lands through the fault"
+            );
+            proxy.set(Fault::None);
+        }
+        let outcome = next_outcome(&mut saver, Duration::from_secs(60));
+        let info = outcome
+            .result
+            .unwrap_or_else(|e| panic!("{fault:?}: the save failed: {e}"));
+        assert!(
+            proxy.connections() > before,
+            "{fault:?}: the client went through the proxy"
+        );
+        eprintln!(
+            "{fault:?}: step {step} committed after {} attempt(s) in {:.1} s",
+            info.attempts,
+            info.elapsed.as_secs_f64()
+        );
+        assert_eq!(
+            store.load(step).expect("load").objects,
+            objects(step, 300_000)
+        );
+    }
+    assert!(saver.finish().expect("finish").is_empty());
 }

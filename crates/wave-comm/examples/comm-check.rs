@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Options: `--backend auto|local|mpi|nccl`, `--device cpu|cuda` (`cuda` = `cuda:{local_rank}`),
-//! `--timeout SECONDS`, `--bench-mb MB` (time a sum all-reduce of that size), and for `loop`
+//! `--timeout SECONDS`, `--mpi-thread-level multiple|serialized|funneled|single`,
+//! `--bench-mb MB` (time a sum all-reduce of that size), and for `loop`
 //! `--steps N`, `--stall-rank R`, `--stall-secs S` (rank R sleeps S seconds before step 2's
 //! all-reduce), `--fail-rank R` (rank R calls `Communicator::abort` there). Every rank prints
 //! `rank R/W ...` lines; the last is `OK rank R` on success.
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use tch::{Device, Kind, Tensor};
-use wave_comm::{Backend, CommConfig, Communicator, RankInfo};
+use wave_comm::{Backend, CommConfig, Communicator, MpiThreadLevel, RankInfo};
 
 fn main() -> ExitCode {
     match run() {
@@ -81,17 +82,23 @@ fn run() -> Result<()> {
             .unwrap_or("auto")
             .parse::<Backend>()?,
         timeout_s: num("timeout", 60.0)?,
+        mpi_thread_level: opts
+            .get("mpi-thread-level")
+            .copied()
+            .unwrap_or("multiple")
+            .parse::<MpiThreadLevel>()?,
         ..CommConfig::default()
     };
     let started = Instant::now();
     let comm = Communicator::init(&info, &cfg, device)?;
     let tag = format!("rank {}/{}", comm.rank(), comm.world_size());
     println!(
-        "{tag}: backend {} launcher {} pid {} init {:.2} s",
+        "{tag}: backend {} launcher {} pid {} init {:.2} s mpi thread level {}",
         comm.backend(),
         info.launcher,
         std::process::id(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        comm.mpi_thread_level().map_or("none", |l| l.name())
     );
     match mode.as_str() {
         "collectives" => collectives(&comm, device, &tag, num("bench-mb", 0.0)?)?,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tch::{Device, Kind, TchError, Tensor};
 
 use crate::watchdog::Watchdog;
-use crate::{Backend, CommConfig, Error, Op, RankInfo};
+use crate::{Backend, CommConfig, Error, MpiThreadLevel, Op, RankInfo};
 
 /// What a backend implements. Tensors handed in are contiguous and on [`Transport::device`]
 /// (when it names one); errors are the backend's message, which [`Communicator`] wraps with the
@@ -22,6 +22,10 @@ pub(crate) trait Transport {
     fn all_gather(&self, send: &Tensor, recv: &mut Tensor) -> Result<(), String>;
     /// Returns once every rank has entered it.
     fn barrier(&self) -> Result<(), String>;
+    /// The thread level MPI granted, for backends that initialised MPI.
+    fn mpi_thread_level(&self) -> Option<MpiThreadLevel> {
+        None
+    }
 }
 
 /// World size 1: nothing to exchange.
@@ -100,12 +104,13 @@ impl Communicator {
         if backend == Backend::Local {
             return Ok(Communicator::local_for(info.clone(), cfg.timeout()));
         }
-        let watchdog = Watchdog::start(info.rank).map_err(|e| Error::Collective {
-            rank: info.rank,
-            op: Op::Init,
-            context: "watchdog thread".into(),
-            reason: e.to_string(),
-        })?;
+        let watchdog =
+            Watchdog::start(info.rank, info.world_size).map_err(|e| Error::Collective {
+                rank: info.rank,
+                op: Op::Init,
+                context: "watchdog thread".into(),
+                reason: e.to_string(),
+            })?;
         let transport = start_backend(backend, info, cfg, device, &watchdog)?;
         tracing::info!(rank = info.rank, world_size = info.world_size, launcher = %info.launcher, %backend, "communicator ready");
         Ok(Communicator {
@@ -140,6 +145,13 @@ impl Communicator {
     /// The backend in use (never `Auto`).
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The thread level MPI granted (`None` when this backend did not initialise MPI). Below
+    /// [`MpiThreadLevel::Multiple`] a timed-out collective ends this rank by exiting rather than by
+    /// `MPI_Abort` (see the crate docs).
+    pub fn mpi_thread_level(&self) -> Option<MpiThreadLevel> {
+        self.transport.mpi_thread_level()
     }
 
     /// Sums a contiguous or strided f32 tensor over all ranks, in place. CUDA tensors go straight

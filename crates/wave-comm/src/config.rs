@@ -105,6 +105,57 @@ impl FromStr for Backend {
     }
 }
 
+/// The thread support asked of MPI at initialisation: `comm.mpi_thread_level = "multiple" |
+/// "serialized" | "funneled" | "single"` (the MPI standard's levels, lowest last).
+///
+/// Only `multiple` lets the collective watchdog call `MPI_Abort` from its own thread while the
+/// training thread is blocked in MPI, which ends every rank at once. Some MPI stacks are slower
+/// or unsupported under `MPI_THREAD_MULTIPLE`; with a lower level (or when MPI grants less than
+/// asked) a timed-out rank exits on its own instead, and the launcher ends the others.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MpiThreadLevel {
+    /// `MPI_THREAD_SINGLE`: only one thread exists.
+    Single,
+    /// `MPI_THREAD_FUNNELED`: only the thread that initialised MPI calls it.
+    Funneled,
+    /// `MPI_THREAD_SERIALIZED`: any thread, one at a time.
+    Serialized,
+    /// `MPI_THREAD_MULTIPLE`: any thread, concurrently.
+    #[default]
+    Multiple,
+}
+
+impl MpiThreadLevel {
+    /// The config word.
+    pub fn name(self) -> &'static str {
+        match self {
+            MpiThreadLevel::Single => "single",
+            MpiThreadLevel::Funneled => "funneled",
+            MpiThreadLevel::Serialized => "serialized",
+            MpiThreadLevel::Multiple => "multiple",
+        }
+    }
+}
+
+impl FromStr for MpiThreadLevel {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<MpiThreadLevel, Error> {
+        [
+            MpiThreadLevel::Single,
+            MpiThreadLevel::Funneled,
+            MpiThreadLevel::Serialized,
+            MpiThreadLevel::Multiple,
+        ]
+        .into_iter()
+        .find(|l| l.name() == s)
+        .ok_or_else(|| Error::Config {
+            field: "mpi_thread_level",
+            reason: format!("expected multiple, serialized, funneled or single, got {s:?}"),
+        })
+    }
+}
+
 /// The `[comm]` section: backend and time limits.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -116,6 +167,9 @@ pub struct CommConfig {
     /// Longest time, in seconds, for start-up: the TCP rendezvous (waiting for rank 0's address to
     /// resolve and accept, e.g. while its pod is scheduled) and NCCL communicator creation.
     pub init_timeout_s: f64,
+    /// Thread support asked of MPI (see [`MpiThreadLevel`]); `multiple` unless the MPI stack
+    /// needs less.
+    pub mpi_thread_level: MpiThreadLevel,
 }
 
 impl Default for CommConfig {
@@ -124,6 +178,7 @@ impl Default for CommConfig {
             backend: Backend::Auto,
             timeout_s: 300.0,
             init_timeout_s: 600.0,
+            mpi_thread_level: MpiThreadLevel::Multiple,
         }
     }
 }

@@ -76,10 +76,12 @@ pub enum Error {
     },
     /// A collective did not complete in time. The watchdog prints this and ends the process; it is
     /// never returned, because the blocked call cannot be interrupted.
-    #[error("rank {rank}: {op} ({context}) did not complete within {timeout_s:.1} s: a peer rank is stuck, slow or dead; aborting the job")]
+    #[error("rank {rank}: {op} ({context}) did not complete within {timeout_s:.1} s: {}; aborting the job", waited_for(*.rank, *.world_size))]
     Timeout {
         /// The rank reporting it.
         rank: usize,
+        /// Ranks in the job (with two, the peer that did not take part is known).
+        world_size: usize,
         /// The operation.
         op: Op,
         /// The caller's context, such as the training step.
@@ -127,4 +129,19 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// Who a timed-out collective waited for. A collective cannot tell which of the others failed to
+/// take part, except when there is only one other.
+fn waited_for(rank: usize, world_size: usize) -> String {
+    match world_size {
+        2 => format!(
+            "its peer, rank {}, is stuck, slow, dead or unreachable",
+            1 - rank.min(1)
+        ),
+        n => format!(
+            "one of the other {} ranks is stuck, slow, dead or unreachable",
+            n.saturating_sub(1)
+        ),
+    }
 }

@@ -27,10 +27,14 @@
 //! **Timeouts.** Every collective runs under a watchdog thread (limit `comm.timeout_s`; start-up
 //! under `comm.init_timeout_s`). MPI has no timeouts and NCCL kernels cannot be interrupted, so
 //! when a collective outlives its limit the watchdog prints an error naming the rank, the operation
-//! and the caller's context (such as `"step 120"`), calls `MPI_Abort` (the launcher then ends
-//! every rank) or `ncclCommAbort`, and exits with status [`TIMEOUT_EXIT_CODE`]. A rank killed
-//! under `mpirun` makes the launcher end the others; a dead peer under the TCP bootstrap stalls
-//! the survivors' next collective until their watchdogs fire.
+//! and the caller's context (such as `"step 120"`), aborts the backend where that is safe from
+//! its thread, and exits with status [`TIMEOUT_EXIT_CODE`]. `MPI_Abort` (the launcher then ends
+//! every rank at once) is called only when MPI granted `MPI_THREAD_MULTIPLE`
+//! ([`MpiThreadLevel`]); otherwise the rank just exits and the launcher ends the others. NCCL is
+//! aborted by the training thread itself, which the watchdog asks to, since `ncclCommAbort`
+//! would free the communicator under its feet. A rank killed under `mpirun` makes the launcher
+//! end the others; a dead peer under the TCP bootstrap stalls the survivors' next collective
+//! until their watchdogs fire.
 //!
 //! ```no_run
 //! use tch::{Device, Kind, Tensor};
@@ -61,7 +65,7 @@ pub mod rendezvous;
 mod watchdog;
 
 pub use comm::{nccl_present, Communicator};
-pub use config::{Backend, CommConfig};
+pub use config::{Backend, CommConfig, MpiThreadLevel};
 pub use error::{Error, Op};
 pub use launcher::{
     Launcher, RankInfo, DEFAULT_MASTER_PORT, LOCAL_RANK_VAR, RANK_VAR, WORLD_SIZE_VAR,

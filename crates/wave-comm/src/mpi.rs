@@ -18,8 +18,8 @@ use mpi::Threading;
 use tch::{Device, Tensor};
 
 use crate::comm::Transport;
-use crate::watchdog::Watchdog;
-use crate::{CommConfig, Error, Op, RankInfo};
+use crate::watchdog::{mpi_abort_allowed, Watchdog};
+use crate::{CommConfig, Error, MpiThreadLevel, Op, RankInfo};
 
 extern "C" {
     /// `MPI_Allreduce(MPI_IN_PLACE, buf, count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD)`.
@@ -32,6 +32,8 @@ const MAX_COUNT: usize = c_int::MAX as usize;
 /// `MPI_COMM_WORLD` of an initialised MPI; finalised on drop.
 pub(crate) struct Mpi {
     world: SimpleCommunicator,
+    /// The thread level MPI granted.
+    granted: MpiThreadLevel,
     // Dropped after `world`: MPI_Finalize.
     _universe: Universe,
 }
@@ -50,13 +52,35 @@ impl Mpi {
             reason,
         };
         let _armed = watchdog.arm(Op::Init, "MPI_Init", cfg.init_timeout());
-        // MULTIPLE because the watchdog thread may call MPI_Abort while the main thread is inside
-        // a collective; Open MPI provides it.
-        let (universe, threading) = mpi::initialize_with_threading(Threading::Multiple)
+        // MULTIPLE (the default) lets the watchdog thread call MPI_Abort while this thread is
+        // inside a collective; Open MPI provides it. What MPI grants decides what the watchdog
+        // may do, whatever was asked.
+        let asked = cfg.mpi_thread_level;
+        let (universe, threading) = mpi::initialize_with_threading(to_threading(asked))
             .ok_or_else(|| fail("MPI is already initialised in this process".into()))?;
-        watchdog.add_abort(Box::new(|code| {
-            // SAFETY: MPI is initialised (this closure is added after MPI_Init) and MPI_Abort
-            // takes the predefined world communicator, which is valid until MPI_Finalize.
+        let granted = from_threading(threading);
+        if granted < MpiThreadLevel::Multiple {
+            tracing::warn!(
+                rank = info.rank,
+                "MPI granted thread level {} (asked {}): a collective that times out ends this rank \
+                 by exiting (the launcher then ends the others), not by MPI_Abort from the watchdog thread",
+                granted.name(),
+                asked.name()
+            );
+        }
+        let rank = info.rank;
+        watchdog.add_abort(Box::new(move |caller, code| {
+            if !mpi_abort_allowed(granted, caller) {
+                eprintln!(
+                    "wave-comm: rank {rank}: not calling MPI_Abort from the watchdog thread (MPI granted \
+                     thread level {}, not multiple); exiting this rank, the launcher ends the others",
+                    granted.name()
+                );
+                return;
+            }
+            // SAFETY: MPI is initialised (this closure is added after MPI_Init), the calling
+            // thread may call MPI (checked above), and MPI_Abort takes the predefined world
+            // communicator, which is valid until MPI_Finalize.
             unsafe {
                 mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, code);
             }
@@ -70,9 +94,10 @@ impl Mpi {
                 info.launcher, info.rank, info.world_size
             )));
         }
-        tracing::debug!(rank, size, ?threading, "MPI initialised");
+        tracing::debug!(rank, size, thread_level = granted.name(), "MPI initialised");
         Ok(Mpi {
             world,
+            granted,
             _universe: universe,
         })
     }
@@ -83,6 +108,24 @@ impl Mpi {
         for chunk in buf.chunks_mut(MAX_COUNT) {
             root.broadcast_into(chunk);
         }
+    }
+}
+
+fn to_threading(level: MpiThreadLevel) -> Threading {
+    match level {
+        MpiThreadLevel::Single => Threading::Single,
+        MpiThreadLevel::Funneled => Threading::Funneled,
+        MpiThreadLevel::Serialized => Threading::Serialized,
+        MpiThreadLevel::Multiple => Threading::Multiple,
+    }
+}
+
+fn from_threading(threading: Threading) -> MpiThreadLevel {
+    match threading {
+        Threading::Single => MpiThreadLevel::Single,
+        Threading::Funneled => MpiThreadLevel::Funneled,
+        Threading::Serialized => MpiThreadLevel::Serialized,
+        Threading::Multiple => MpiThreadLevel::Multiple,
     }
 }
 
@@ -141,5 +184,9 @@ impl Transport for Mpi {
     fn barrier(&self) -> Result<(), String> {
         self.world.barrier();
         Ok(())
+    }
+
+    fn mpi_thread_level(&self) -> Option<MpiThreadLevel> {
+        Some(self.granted)
     }
 }

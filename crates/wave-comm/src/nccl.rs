@@ -6,12 +6,17 @@
 //! is broadcast over MPI when an MPI launcher started the job (feature `mpi`), else sent by rank
 //! 0 over TCP ([`crate::rendezvous`]). Each collective is waited for by polling the stream and
 //! NCCL's asynchronous error, so the watchdog can time it out and a failed peer is reported.
+//!
+//! Only the owner thread ever touches the communicator. When a collective times out, the
+//! watchdog raises an [`AbortRequest`]; the wait loop sees it, calls `ncclCommAbort` itself (so
+//! the kernels and NCCL's proxy threads stop and the peers see the failure), acknowledges, and the
+//! watchdog ends the process. `ncclCommAbort` from the watchdog thread would free the
+//! communicator while the owner is still polling it.
 #![allow(unsafe_code)] // FFI: CUDA driver and NCCL calls on device pointers
 
 use std::cell::Cell;
 use std::os::raw::{c_char, c_int};
 use std::ptr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +25,9 @@ use cudarc::nccl::{result as nccl, sys as ncclsys};
 use tch::{Device, Kind, Tensor};
 
 use crate::comm::Transport;
-use crate::watchdog::Watchdog;
+use crate::watchdog::{AbortRequest, Caller, Watchdog, OWNER_ACK};
+#[cfg(feature = "mpi")]
+use crate::MpiThreadLevel;
 use crate::{CommConfig, Error, Op, RankInfo};
 
 /// Whether `libnccl.so` can be loaded.
@@ -32,12 +39,14 @@ pub(crate) fn present() -> bool {
 /// One rank's NCCL communicator on one GPU.
 pub(crate) struct Nccl {
     comm: ncclsys::ncclComm_t,
-    /// The communicator's address for the watchdog's abort; zeroed before destruction.
-    abort_handle: Arc<AtomicUsize>,
+    /// Raised by the watchdog when a collective outlives its limit; answered in [`Nccl::wait`].
+    abort_request: Arc<AbortRequest>,
     ctx: cusys::CUcontext,
     device: Device,
     /// Set when NCCL reported an asynchronous error: the communicator can then only be aborted.
     broken: Cell<bool>,
+    /// Set once the communicator is aborted (it is freed then: never touch it again).
+    aborted: Cell<bool>,
     /// Kept alive (MPI_Finalize on drop, after the communicator) when the id came over MPI.
     #[cfg(feature = "mpi")]
     _bootstrap: Option<crate::mpi::Mpi>,
@@ -110,23 +119,36 @@ impl Nccl {
             }
             .map_err(|e| fail(format!("ncclCommInitRank: {:?}", e.0)))?;
         }
-        let abort_handle = Arc::new(AtomicUsize::new(comm as usize));
-        let handle = Arc::clone(&abort_handle);
-        watchdog.add_abort(Box::new(move |_| {
-            let comm = handle.swap(0, Ordering::SeqCst);
-            if comm != 0 {
-                // SAFETY: a non-zero handle is a live communicator (Drop zeroes it before
-                // destroying); ncclCommAbort may be called from another thread to unblock it.
-                let _ = unsafe { nccl::comm_abort(comm as ncclsys::ncclComm_t) };
+        let abort_request = Arc::new(AbortRequest::default());
+        let request = Arc::clone(&abort_request);
+        let rank = info.rank;
+        // The raw communicator as an integer, for the owner's own abort (raw pointers are not Send).
+        let owner_comm = comm as usize;
+        watchdog.add_abort(Box::new(move |caller, _| match caller {
+            Caller::Watchdog => {
+                if !request.request_and_wait(OWNER_ACK) {
+                    eprintln!(
+                        "wave-comm: rank {rank}: the training thread did not abort NCCL within {} s \
+                         (it is not waiting for a collective); exiting without ncclCommAbort",
+                        OWNER_ACK.as_secs()
+                    );
+                }
+            }
+            Caller::Owner => {
+                // SAFETY: the owner thread runs this between collectives (Communicator::abort),
+                // the communicator is live (Drop has not run: the Communicator that owns it is
+                // borrowed by the caller), and the process exits right after.
+                let _ = unsafe { nccl::comm_abort(owner_comm as ncclsys::ncclComm_t) };
             }
         }));
         tracing::debug!(rank = info.rank, ordinal, "NCCL communicator ready");
         Ok(Nccl {
             comm,
-            abort_handle,
+            abort_request,
             ctx,
             device,
             broken: Cell::new(false),
+            aborted: Cell::new(false),
             #[cfg(feature = "mpi")]
             _bootstrap: bootstrap,
         })
@@ -142,6 +164,11 @@ impl Nccl {
             ncclsys::cudaStream_t,
         ) -> Result<nccl::NcclStatus, nccl::NcclError>,
     ) -> Result<(), String> {
+        if self.aborted.get() {
+            return Err(format!(
+                "{name}: the communicator was aborted after a timeout"
+            ));
+        }
         // SAFETY: `ctx` is the retained primary context of this communicator's device.
         unsafe { cu::ctx::set_current(self.ctx) }.map_err(|e| format!("cuCtxSetCurrent: {e}"))?;
         op(self.comm, ptr::null_mut()).map_err(|e| format!("{name}: {:?}", e.0))?;
@@ -153,6 +180,14 @@ impl Nccl {
     fn wait(&self) -> Result<(), String> {
         let mut spins = 0u32;
         loop {
+            if self.abort_request.requested() {
+                // SAFETY: this is the owner thread, which alone uses `comm`; it is live (not yet
+                // aborted: `aborted` is set right after) and ncclCommAbort stops its kernels.
+                let _ = unsafe { nccl::comm_abort(self.comm) };
+                self.aborted.set(true);
+                self.abort_request.acknowledge();
+                return Err("aborted: the collective outlived its time limit".into());
+            }
             // SAFETY: queries the legacy default stream of the current context (set in `launch`).
             match unsafe { cusys::cuStreamQuery(ptr::null_mut()) } {
                 cusys::CUresult::CUDA_SUCCESS => return Ok(()),
@@ -221,10 +256,12 @@ fn exchange_over_tcp(
 
 impl Drop for Nccl {
     fn drop(&mut self) {
-        self.abort_handle.store(0, Ordering::SeqCst);
-        // SAFETY: the communicator is live (the watchdog's handle is now zero, so nothing else
-        // aborts it) and no collective is in flight (`launch` waits). A broken one would hang in
-        // destroy, so it is aborted instead.
+        if self.aborted.get() {
+            return;
+        }
+        // SAFETY: the communicator is live (only this thread aborts it, and it has not) and no
+        // collective is in flight (`launch` waits). A broken one would hang in destroy, so it is
+        // aborted instead.
         let _ = unsafe {
             if self.broken.get() {
                 nccl::comm_abort(self.comm)
@@ -279,6 +316,11 @@ impl Transport for Nccl {
             // Communicator), both contiguous on this device.
             unsafe { nccl::all_gather(s, r, n, ncclsys::ncclDataType_t::ncclUint8, comm, stream) }
         })
+    }
+
+    #[cfg(feature = "mpi")]
+    fn mpi_thread_level(&self) -> Option<MpiThreadLevel> {
+        self._bootstrap.as_ref().and_then(|m| m.mpi_thread_level())
     }
 
     fn barrier(&self) -> Result<(), String> {

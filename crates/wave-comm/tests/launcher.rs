@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use tch::Device;
-use wave_comm::{Backend, CommConfig, Error, Launcher, RankInfo};
+use wave_comm::{Backend, CommConfig, Error, Launcher, MpiThreadLevel, RankInfo};
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
@@ -236,6 +236,16 @@ fn comm_section_parses_from_toml_and_rejects_unknown_keys() {
     );
     assert!(toml::from_str::<CommConfig>("timeout = 30").is_err());
     assert!(toml::from_str::<CommConfig>("backend = \"gloo\"").is_err());
+    assert_eq!(
+        cfg.mpi_thread_level,
+        MpiThreadLevel::Multiple,
+        "the default"
+    );
+    let funneled: CommConfig = toml::from_str("mpi_thread_level = \"funneled\"").expect("parse");
+    assert_eq!(funneled.mpi_thread_level, MpiThreadLevel::Funneled);
+    assert!(toml::from_str::<CommConfig>("mpi_thread_level = \"many\"").is_err());
+    let err = "many".parse::<MpiThreadLevel>().expect_err("unknown level");
+    assert!(err.to_string().contains("comm.mpi_thread_level"), "{err}");
 }
 
 #[test]
@@ -297,4 +307,25 @@ fn world_size_above_one_without_a_usable_backend_is_an_error() {
         .expect_err("nccl on cpu")
         .to_string();
     assert!(msg.contains("nccl"), "{msg}");
+}
+
+#[test]
+fn a_timeout_names_the_peer_when_there_is_only_one() {
+    let timeout = |rank, world_size| {
+        Error::Timeout {
+            rank,
+            world_size,
+            op: wave_comm::Op::AllReduce,
+            context: "step 7".into(),
+            timeout_s: 10.0,
+        }
+        .to_string()
+    };
+    assert_eq!(
+        timeout(0, 2),
+        "rank 0: all_reduce (step 7) did not complete within 10.0 s: its peer, rank 1, is stuck, \
+         slow, dead or unreachable; aborting the job"
+    );
+    assert!(timeout(1, 2).contains("its peer, rank 0, is stuck"));
+    assert!(timeout(3, 8).contains("one of the other 7 ranks is stuck"));
 }

@@ -1,9 +1,11 @@
 //! Real processes: the `comm-check` example under `mpirun` (collectives, a stalled rank, a killed
 //! rank) and the TCP rendezvous between separately started processes configured only by
-//! environment variables, as a Kubernetes Indexed Job starts them.
+//! environment variables, as a Kubernetes Indexed Job starts them, on one host and across hosts
+//! (network namespaces, `wave_testkit::NetLab`; skipped where they cannot be made).
 //!
-//! The MPI tests skip with a message when `mpirun` is missing, and fail under `CI=true`. They run
-//! one at a time (a lock) so that timing checks are not distorted by each other on small machines.
+//! The MPI tests skip with a message when `mpirun` is missing (and fail under `CI=true`:
+//! `wave_testkit::missing`), and are ignored in builds without the `mpi` feature. They run one
+//! at a time (a lock) so that timing checks are not distorted by each other on small machines.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
@@ -27,12 +29,8 @@ fn comm_check() -> PathBuf {
     path
 }
 
-/// Whether MPI tests can run; panics under CI=true when they cannot.
+/// Whether MPI tests can run; otherwise [`wave_testkit::missing`] (a failure under `CI=true`).
 fn mpirun_available() -> bool {
-    if !cfg!(feature = "mpi") {
-        eprintln!("skipped: built without the `mpi` feature");
-        return false;
-    }
     let ok = Command::new("mpirun")
         .arg("--version")
         .stdout(Stdio::null())
@@ -40,11 +38,7 @@ fn mpirun_available() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "mpirun is missing (install openmpi-bin)"
-        );
-        eprintln!("skipped: mpirun is missing (install openmpi-bin)");
+        wave_testkit::missing("mpirun (Debian package openmpi-bin)");
     }
     ok
 }
@@ -155,20 +149,22 @@ fn collectives_agree_across(ranks: usize) {
 }
 
 #[test]
+#[cfg_attr(not(feature = "mpi"), ignore = "needs the `mpi` feature")]
 fn mpi_collectives_match_cpu_results_on_2_ranks() {
     collectives_agree_across(2);
 }
 
 #[test]
+#[cfg_attr(not(feature = "mpi"), ignore = "needs the `mpi` feature")]
 fn mpi_collectives_match_cpu_results_on_4_ranks() {
     collectives_agree_across(4);
 }
 
-#[test]
-fn a_stalled_rank_ends_every_rank_soon_after_the_timeout_naming_rank_op_and_step() {
-    let Some(_serial) = mpi_test() else { return };
+/// Rank 1 sleeps 120 s before step 2's all-reduce; rank 0's watchdog must end the job soon after
+/// its 3 s limit, naming rank, operation and step. Returns the job's output.
+fn stalled_rank_job(extra: &[&str]) -> String {
     let timeout_s = 3.0;
-    let args = [
+    let mut args = vec![
         "loop",
         "--steps",
         "10",
@@ -179,6 +175,7 @@ fn a_stalled_rank_ends_every_rank_soon_after_the_timeout_naming_rank_op_and_step
         "--timeout",
         "3",
     ];
+    args.extend_from_slice(extra);
     let child = mpirun(2, &args).spawn().expect("mpirun");
     let run = finish(child, Duration::from_secs(60), None);
     assert!(
@@ -194,15 +191,46 @@ fn a_stalled_rank_ends_every_rank_soon_after_the_timeout_naming_rank_op_and_step
         run.elapsed,
         run.output
     );
-    let expected = format!("rank 0: all_reduce (step 2) did not complete within {timeout_s:.1} s");
+    let expected = format!(
+        "rank 0: all_reduce (step 2) did not complete within {timeout_s:.1} s: its peer, rank 1, is stuck"
+    );
     assert!(
         run.output.contains(&expected),
         "missing {expected:?}:\n{}",
         run.output
     );
+    run.output
 }
 
 #[test]
+#[cfg_attr(not(feature = "mpi"), ignore = "needs the `mpi` feature")]
+fn a_stalled_rank_ends_every_rank_soon_after_the_timeout_naming_rank_op_and_step() {
+    let Some(_serial) = mpi_test() else { return };
+    let output = stalled_rank_job(&[]);
+    assert!(
+        output.contains("mpi thread level multiple") && !output.contains("not calling MPI_Abort"),
+        "MPI granted MULTIPLE, so the watchdog aborts through MPI:\n{output}"
+    );
+}
+
+#[test]
+#[cfg_attr(not(feature = "mpi"), ignore = "needs the `mpi` feature")]
+fn below_mpi_thread_multiple_the_watchdog_never_calls_mpi_and_the_launcher_still_ends_every_rank() {
+    let Some(_serial) = mpi_test() else { return };
+    let output = stalled_rank_job(&["--mpi-thread-level", "funneled"]);
+    for expected in [
+        "rank 0/2: backend mpi launcher open-mpi",
+        "mpi thread level funneled",
+        "wave-comm: rank 0: not calling MPI_Abort from the watchdog thread (MPI granted thread level funneled",
+    ] {
+        assert!(output.contains(expected), "missing {expected:?}:\n{output}");
+    }
+    // The rank exited on its own: mpirun reports an exit, not an MPI_Abort.
+    assert!(!output.contains("MPI_ABORT was invoked"), "{output}");
+}
+
+#[test]
+#[cfg_attr(not(feature = "mpi"), ignore = "needs the `mpi` feature")]
 fn a_rank_that_aborts_ends_every_rank_at_once_naming_itself() {
     let Some(_serial) = mpi_test() else { return };
     let child = mpirun(
@@ -241,6 +269,7 @@ fn a_rank_that_aborts_ends_every_rank_at_once_naming_itself() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "mpi"), ignore = "needs the `mpi` feature")]
 fn killing_one_rank_ends_every_rank_within_60_s() {
     let Some(_serial) = mpi_test() else { return };
     let ranks = 3;
@@ -310,8 +339,31 @@ fn free_port() -> u16 {
 
 /// Starts one rank of a Kubernetes-Indexed-Job-style job: only these variables, no launcher.
 fn indexed_job_rank(index: usize, world: usize, port: u16) -> Child {
-    let mut cmd = Command::new(comm_check());
-    cmd.arg("rendezvous").args(["--timeout", "30"]).env_clear();
+    indexed_job_command(
+        Command::new(comm_check()),
+        index,
+        world,
+        "127.0.0.1",
+        port,
+        30,
+    )
+    .spawn()
+    .expect("start comm-check")
+}
+
+/// `comm-check rendezvous` as one rank of an Indexed Job: `cmd` runs comm-check (directly, or
+/// inside a test host); its environment is only these variables.
+fn indexed_job_command(
+    mut cmd: Command,
+    index: usize,
+    world: usize,
+    master: &str,
+    port: u16,
+    timeout_s: u64,
+) -> Command {
+    cmd.arg("rendezvous")
+        .args(["--timeout", &timeout_s.to_string()])
+        .env_clear();
     for keep in ["PATH", "LD_LIBRARY_PATH"] {
         if let Ok(v) = std::env::var(keep) {
             cmd.env(keep, v);
@@ -319,13 +371,90 @@ fn indexed_job_rank(index: usize, world: usize, port: u16) -> Child {
     }
     cmd.env("JOB_COMPLETION_INDEX", index.to_string())
         .env("WAVE_WORLD_SIZE", world.to_string())
-        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_ADDR", master)
         .env("MASTER_PORT", port.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start comm-check")
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// The id `comm-check` derives for the rendezvous test, as it prints it.
+fn expected_id() -> String {
+    (0..128u32)
+        .map(|i| format!("{:02x}", (i * 7 + 3) as u8))
+        .collect()
+}
+
+#[test]
+fn tcp_rendezvous_across_hosts_reaches_rank0_at_another_hosts_address() {
+    let Some(lab) = wave_testkit::NetLab::start(3) else {
+        return;
+    };
+    let (world, port, master) = (3, 29500, lab.host(0).addr.to_string());
+    // Ranks 1 and 2 on their own hosts first: rank 0's host does not answer yet.
+    let others: Vec<Child> = (1..world)
+        .map(|i| {
+            let mut cmd =
+                indexed_job_command(lab.command(i, comm_check()), i, world, &master, port, 30);
+            lab.spawn(&mut cmd)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let root = lab.spawn(&mut indexed_job_command(
+        lab.command(0, comm_check()),
+        0,
+        world,
+        &master,
+        port,
+        30,
+    ));
+    for (rank, child) in std::iter::once(root).chain(others).enumerate() {
+        let run = finish(child, Duration::from_secs(60), None);
+        assert!(run.status.success(), "rank {rank} failed:\n{}", run.output);
+        assert!(
+            run.output
+                .contains(&format!("/{world} id {}\n", expected_id())),
+            "rank {rank} got rank 0's id:\n{}",
+            run.output
+        );
+    }
+}
+
+#[test]
+fn tcp_rendezvous_with_rank0_s_host_cut_off_gives_up_at_the_deadline_naming_its_address() {
+    let Some(lab) = wave_testkit::NetLab::start(2) else {
+        return;
+    };
+    let master = lab.host(0).addr.to_string();
+    lab.cut(0);
+    let started = Instant::now();
+    let child = lab.spawn(&mut indexed_job_command(
+        lab.command(1, comm_check()),
+        1,
+        2,
+        &master,
+        29500,
+        4,
+    ));
+    let run = finish(child, Duration::from_secs(60), None);
+    let took = started.elapsed();
+    assert!(!run.status.success(), "{}", run.output);
+    assert!(
+        took < Duration::from_secs(15),
+        "gave up after {took:?}:\n{}",
+        run.output
+    );
+    for needle in [
+        format!("rank 1: rendezvous with rank 0 at {master}:29500"),
+        "gave up".to_string(),
+    ] {
+        assert!(
+            run.output.contains(&needle),
+            "missing {needle:?}:\n{}",
+            run.output
+        );
+    }
 }
 
 #[test]
@@ -337,9 +466,7 @@ fn tcp_rendezvous_hands_rank0_s_id_to_separate_processes_even_when_rank0_starts_
     // Ranks 1 and 2 find nothing listening and must retry.
     std::thread::sleep(Duration::from_millis(1500));
     let root = indexed_job_rank(0, world, port);
-    let expected: String = (0..128u32)
-        .map(|i| format!("{:02x}", (i * 7 + 3) as u8))
-        .collect();
+    let expected = expected_id();
     for (rank, child) in std::iter::once(root).chain(others).enumerate() {
         let run = finish(child, Duration::from_secs(60), None);
         assert!(run.status.success(), "a rank failed:\n{}", run.output);

@@ -766,3 +766,160 @@ fn on_2_ranks_a_store_down_longer_than_the_collective_timeout_does_not_stop_trai
     ));
     assert!(verified.lines().all(|l| l.contains(": ok")), "{verified}");
 }
+
+#[test]
+fn a_fresh_run_into_a_root_holding_another_runs_checkpoints_is_refused_unless_told_to_overwrite() {
+    let Some(data) = agnews_test_split() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ckpt = tmp.path().join("ckpt");
+    let uri = set("checkpoint.uri", &ckpt);
+    let short = [
+        "train.max_steps=10",
+        "checkpoint.every_steps=5",
+        "checkpoint.keep_last=0",
+    ];
+    let first = tmp.path().join("first");
+    ok(&train(data, &first, &[&uri, short[0], short[1], short[2]]));
+    assert_eq!(latest_step(&ckpt), Some(10));
+
+    let second = tmp.path().join("second");
+    let out = train(
+        data,
+        &second,
+        &[&uri, short[0], short[1], short[2], "train.seed=7"],
+    );
+    fails_naming(
+        &out,
+        &[
+            ckpt.to_str().expect("utf-8"),
+            "latest step 10",
+            "train.resume = \"auto\"",
+            "checkpoint.overwrite",
+        ],
+    );
+    assert!(
+        !second.join("metrics.jsonl").exists(),
+        "nothing written by the refused run"
+    );
+    assert_eq!(latest_step(&ckpt), Some(10));
+
+    ok(&train(
+        data,
+        &second,
+        &[
+            &uri,
+            "train.max_steps=6",
+            "checkpoint.every_steps=3",
+            "checkpoint.keep_last=0",
+            "train.seed=7",
+            "checkpoint.overwrite=true",
+        ],
+    ));
+    let listing = ok(&wave_dist(&[
+        "checkpoint",
+        "ls",
+        ckpt.to_str().expect("utf-8"),
+    ]));
+    assert!(
+        listing.contains("step-00000006") && listing.contains("step-00000003"),
+        "{listing}"
+    );
+    assert!(
+        !listing.contains("step-00000010"),
+        "the first run's steps are gone:\n{listing}"
+    );
+    assert_eq!(latest_step(&ckpt), Some(6));
+}
+
+#[test]
+fn on_2_ranks_a_slow_resetting_failing_then_silent_store_never_ends_the_job() {
+    use wave_testkit::{Fault, FaultProxy};
+    let Some(data) = agnews_test_split() else {
+        return;
+    };
+    if !mpirun_available() {
+        return;
+    }
+    let Some(weed) = Weed::start() else {
+        return;
+    };
+    let proxy = FaultProxy::start(&weed.endpoint);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (uri, run) = ("s3://wave-test/faults", tmp.path().join("run"));
+    let args = train_args(
+        data,
+        &run,
+        &[
+            &format!("checkpoint.uri={uri:?}"),
+            "train.max_steps=1000000",
+            "train.max_seconds=30",
+            "checkpoint.every_steps=5",
+            "train.eval_every_steps=0",
+            "comm.timeout_s=10",
+        ],
+    );
+    let mut env = weed.s3_env(FAKE_KEY_ID, FAKE_SECRET);
+    for (var, value) in env.iter_mut() {
+        if *var == "AWS_ENDPOINT_URL" {
+            *value = proxy.endpoint();
+        }
+    }
+    let started = Instant::now();
+    let child = mpirun()
+        .args(["-n", "2", env!("CARGO_BIN_EXE_wave-dist")])
+        .args(&args)
+        .envs(env)
+        .env("WAVE_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mpirun");
+    wait_for("a first committed step", Duration::from_secs(60), || {
+        s3_latest(&weed, uri).is_some()
+    });
+    // Each fault lasts longer than a step; the last one (silence) outlives the run and the
+    // 10 s collective timeout.
+    for (fault, secs) in [
+        (Fault::Latency(Duration::from_secs(3)), 6),
+        (Fault::Reset, 4),
+        (Fault::HttpStatus(503), 4),
+    ] {
+        proxy.set(fault);
+        std::thread::sleep(Duration::from_secs(secs));
+    }
+    proxy.set(Fault::Blackhole);
+    let out = child.wait_with_output().expect("wait");
+    let took = started.elapsed();
+    no_credentials(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the job ends normally: {:?}\n{stderr}",
+        out.status
+    );
+    assert!(
+        !stderr.contains("did not complete within"),
+        "no collective timed out:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("abandoned"),
+        "the final upload into the silent store is given up, bounded:\n{stderr}"
+    );
+    // 30 s of training, then at most 3/4 of the 10 s timeout for the final upload.
+    assert!(took < Duration::from_secs(75), "took {took:?}");
+    let verified = ok(&s3_wave_dist(
+        &weed,
+        &[
+            "checkpoint".into(),
+            "verify".into(),
+            uri.into(),
+            "--all".into(),
+        ],
+    ));
+    assert!(
+        !verified.is_empty() && verified.lines().all(|l| l.contains(": ok")),
+        "{verified}"
+    );
+}

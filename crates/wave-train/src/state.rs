@@ -407,9 +407,9 @@ fn decide_start(
 /// A fresh start must not write into a root holding another run's committed checkpoints.
 fn guard_fresh_root(cfg: &JobConfig, uri: &str) -> Result<(), Error> {
     let store = checkpoint::open(uri, 1)?;
-    let latest = match store.latest() {
-        Ok(Some(latest)) => latest,
-        Ok(None) => return Ok(()),
+    let held = match store.describe() {
+        Ok(held) if held.is_empty() => return Ok(()),
+        Ok(held) => held,
         // An unreachable store is checkpoint.on_failure's business at the first save; a start
         // must not depend on it.
         Err(e) if e.is_transient() => {
@@ -422,17 +422,13 @@ fn guard_fresh_root(cfg: &JobConfig, uri: &str) -> Result<(), Error> {
         Err(e) => return Err(checkpoint::store_error(uri, e)),
     };
     if cfg.checkpoint.overwrite {
-        tracing::warn!(
-            uri,
-            latest,
-            "checkpoint.overwrite = true: deleting the checkpoints already in the root"
-        );
+        tracing::warn!("checkpoint.overwrite = true: deleting what {held}");
         return checkpoint::clear(&store);
     }
     Err(Error::Checkpoint {
         path: uri.to_string(),
         reason: format!(
-            "already holds committed checkpoints (latest step {latest}) of another run, and this run starts fresh (train.resume = {}); continue that run with train.resume = \"auto\", choose a new checkpoint.uri, or set checkpoint.overwrite = true to delete them",
+            "this run starts fresh (train.resume = {}) but {held}; continue that run with train.resume = \"auto\", choose a new checkpoint.uri, or set checkpoint.overwrite = true to delete them",
             resume_toml(&cfg.train.resume)
         ),
     })

@@ -2,7 +2,8 @@
 //! SeaweedFS S3 server on loopback that can be killed and restarted on the same ports and data.
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::sync::Mutex;
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use wave_ckpt::{CheckpointStore, RetryPolicy};
@@ -54,3 +55,36 @@ pub fn open_s3(
 
 #[allow(unused_imports)] // not every test binary starts a server
 pub use wave_testkit::Weed;
+
+/// Every log line of this test binary, at debug level for all crates (object_store, reqwest ...),
+/// without colours. Call it at the start of each test that reads it.
+pub fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&buf);
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || LogWriter(Arc::clone(&sink)))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+        buf
+    })
+    .clone()
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -224,3 +224,20 @@ pub fn rank_pids(run_dir: &Path) -> Vec<String> {
         })
         .collect()
 }
+
+/// `train --config configs/smoke.toml` with `data.uri`, `train.run_dir` and each of `sets` as a
+/// `--set` override.
+pub fn smoke_train_args(data: &Path, run_dir: &Path, sets: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["train", "--config", "configs/smoke.toml"]
+        .map(String::from)
+        .to_vec();
+    let paths = [
+        format!("data.uri={:?}", data.to_str().expect("utf-8")),
+        format!("train.run_dir={:?}", run_dir.to_str().expect("utf-8")),
+    ];
+    for set in paths.iter().map(String::as_str).chain(sets.iter().copied()) {
+        args.push("--set".into());
+        args.push(set.to_string());
+    }
+    args
+}
