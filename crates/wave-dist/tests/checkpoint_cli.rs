@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -597,15 +597,10 @@ fn an_exported_checkpoint_gives_the_same_logits_in_pytorch() {
     let Some(data) = agnews_test_split() else {
         return;
     };
-    let python = std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".cache/wave-dist/venv/bin/python"))
-        .filter(|p| p.is_file());
-    let Some(python) = python else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "the venv python (torch, safetensors) is missing"
+    let Some(python) = wave_testkit::venv_bin("python") else {
+        wave_testkit::missing(
+            "the set-up venv's python with torch (WAVE_VENV, from launch/env.sh)",
         );
-        eprintln!("SKIP: ~/.cache/wave-dist/venv/bin/python is missing");
         return;
     };
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -216,10 +216,7 @@ fn tensorboard_reads_the_runs_event_file_with_the_metrics_curves() {
     let Some(data) = agnews_test_split() else {
         return;
     };
-    let python = std::env::var_os("WAVE_VENV")
-        .map(|v| std::path::PathBuf::from(v).join("bin/python"))
-        .filter(|p| p.is_file());
-    let Some(python) = python else {
+    let Some(python) = wave_testkit::venv_bin("python") else {
         wave_testkit::missing("the set-up venv's python (WAVE_VENV, from launch/env.sh)");
         return;
     };

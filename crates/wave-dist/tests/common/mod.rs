@@ -14,8 +14,8 @@ pub fn workspace_root() -> PathBuf {
         .expect("workspace root")
 }
 
-/// `$WAVE_SHARED_DATA`, default `<workspace>/../shared/data`. Absent: panics under `CI=true`,
-/// otherwise prints what is missing and returns None so the test can skip.
+/// `$WAVE_SHARED_DATA`, default `<workspace>/../shared/data`. Absent: [`wave_testkit::missing`]
+/// (a failure under `CI=true`, else a skip message) and None.
 pub fn shared_data() -> Option<PathBuf> {
     let dir = std::env::var_os("WAVE_SHARED_DATA")
         .map(PathBuf::from)
@@ -23,14 +23,10 @@ pub fn shared_data() -> Option<PathBuf> {
     if dir.join("mirror/ag_news_csv.tgz").is_file() {
         return Some(dir);
     }
-    let msg = format!(
-        "shared test data not found at {} (set WAVE_SHARED_DATA)",
+    wave_testkit::missing(&format!(
+        "shared test data at {} (set WAVE_SHARED_DATA)",
         dir.display()
-    );
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{msg}");
-    }
-    eprintln!("SKIP: {msg}");
+    ));
     None
 }
 
@@ -132,11 +128,7 @@ pub fn mpirun_available() -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "mpirun is missing (install openmpi-bin)"
-        );
-        eprintln!("SKIP: mpirun is missing (install openmpi-bin)");
+        wave_testkit::missing("mpirun (install openmpi-bin)");
     }
     ok
 }
