@@ -245,17 +245,13 @@ fn loss_figure(m: &Metrics, run: &str) -> Result<Figure, String> {
     })
 }
 
-/// Eval accuracy per split, one line with dots each.
-fn accuracy_figure(m: &Metrics, run: &str) -> Result<Figure, String> {
-    if m.eval.is_empty() {
-        return Err("no eval records".to_owned());
-    }
-    let series: Vec<Series> = m
-        .eval_by_split()
+/// One line with dots per split, for the eval records that carry `value`.
+fn eval_series(m: &Metrics, value: fn(&EvalRecord) -> Option<f64>) -> Vec<Series> {
+    m.eval_by_split()
         .into_iter()
         .enumerate()
         .filter_map(|(i, (split, records))| {
-            let pts = points(records, |r| r.step, |r| r.accuracy);
+            let pts = points(records, |r| r.step, value);
             (!pts.is_empty()).then(|| Series {
                 label: format!("eval: {split}"),
                 points: pts,
@@ -263,7 +259,15 @@ fn accuracy_figure(m: &Metrics, run: &str) -> Result<Figure, String> {
                 mark: Mark::LineDots,
             })
         })
-        .collect();
+        .collect()
+}
+
+/// Eval accuracy per split, one line with dots each.
+fn accuracy_figure(m: &Metrics, run: &str) -> Result<Figure, String> {
+    if m.eval.is_empty() {
+        return Err("no eval records".to_owned());
+    }
+    let series = eval_series(m, |r| r.accuracy);
     if series.is_empty() {
         return Err("no eval record carries an accuracy".to_owned());
     }
@@ -290,20 +294,7 @@ fn language_figure(m: &Metrics, run: &str) -> Result<Figure, String> {
         ),
         ("bits per byte", |r| r.bits_per_byte),
     ] {
-        let series: Vec<Series> = m
-            .eval_by_split()
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, (split, records))| {
-                let pts = points(records, |r| r.step, value);
-                (!pts.is_empty()).then(|| Series {
-                    label: format!("eval: {split}"),
-                    points: pts,
-                    color: PALETTE[1 + i % (PALETTE.len() - 1)],
-                    mark: Mark::LineDots,
-                })
-            })
-            .collect();
+        let series = eval_series(m, value);
         if !series.is_empty() {
             panels.push(Panel {
                 title: format!("Eval {what} — {run}"),
