@@ -7,6 +7,9 @@
 //! - [`Weed`]: a SeaweedFS `weed mini` S3 server on loopback (free ports, bucket `wave-test`,
 //!   anonymous), which a test can kill and restart on the same ports and data to simulate an
 //!   outage. Stopped with SIGTERM, then SIGKILL, on drop.
+//! - [`GcsEmulator`] and [`Azurite`]: Google Cloud Storage and Azure Blob Storage emulators on
+//!   loopback, so `gs://` and `az://` are tested like `s3://` (reads only on GCS: no
+//!   GCS emulator serves object_store's uploads; see [`GcsEmulator`]).
 //!
 //! ```no_run
 //! let Some(weed) = wave_testkit::Weed::start() else { return };
@@ -30,23 +33,42 @@ pub fn missing(what: &str) {
 /// The bucket every server starts with.
 pub const BUCKET: &str = "wave-test";
 
-/// `weed`: `$WEED_BIN`, then `PATH`, then the set-up venv under `~/.cache/wave-dist`.
-fn weed_binary() -> Option<PathBuf> {
-    let explicit = std::env::var_os("WEED_BIN").map(PathBuf::from);
+mod emulators;
+pub use emulators::{Azurite, GcsEmulator};
+
+/// A test tool: `$<env_var>`, then `name` on `PATH`, then each of `cached` under the set-up cache
+/// (`$WAVE_DIST_HOME`, default `~/.cache/wave-dist`).
+fn find_tool(env_var: &str, name: &str, cached: &[&str]) -> Option<PathBuf> {
+    let explicit = std::env::var_os(env_var).map(PathBuf::from);
     let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| {
         std::env::split_paths(&p)
-            .map(|d| d.join("weed"))
+            .map(|d| d.join(name))
             .collect::<Vec<_>>()
     });
     let home = std::env::var_os("WAVE_DIST_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/wave-dist")));
-    let cached = home.map(|h| h.join("venv/bin/weed"));
+    let in_cache: Vec<PathBuf> = home
+        .map(|h| cached.iter().map(|rel| h.join(rel)).collect())
+        .unwrap_or_default();
     explicit
         .into_iter()
         .chain(on_path)
-        .chain(cached)
+        .chain(in_cache)
         .find(|p| p.is_file())
+}
+
+/// A loopback port that was free a moment ago (bound, read, released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free loopback port")
+        .port()
+}
+
+/// `weed`: `$WEED_BIN`, then `PATH`, then the set-up venv.
+fn weed_binary() -> Option<PathBuf> {
+    find_tool("WEED_BIN", "weed", &["venv/bin/weed"])
 }
 
 const PORT_FLAGS: [&str; 13] = [
