@@ -113,7 +113,11 @@ build() {
 check() {
   need podman
   podman image exists "$TAG" || die "image $TAG is not built (run \`launch/image.sh build\`)"
-  python "$HERE/image_checks.py" --image "$TAG" --root "$ROOT"
+  echo "==> cargo build --release -p wave-comm --example comm-check (the Indexed-Job check's rendezvous probe)"
+  (cd "$ROOT" && cargo build --release -p wave-comm --example comm-check --features nccl)
+  echo "==> image checks on $TAG"
+  WAVE_DIST_BIN="$CARGO_TARGET_DIR/release/wave-dist" WAVE_IMAGE_BASE="$BASE" \
+    python "$HERE/image_checks.py" --image "$TAG" --root "$ROOT"
 }
 
 cmd="${1:-all}"; [ $# -gt 0 ] && shift

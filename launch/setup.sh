@@ -20,7 +20,9 @@ AZURITE_VERSION=3.35.0            # the newest Azurite that runs on Node 20 (3.3
 TOKENIZER_SHA256="be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 VOCAB_SHA256="07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"
 APT_PACKAGES=(build-essential pkg-config ca-certificates git curl python3 python3-venv
-              libopenmpi-dev openmpi-bin libclang-dev fonts-dejavu-core)
+              libopenmpi-dev openmpi-bin libclang-dev fonts-dejavu-core
+              # the container image and its checks (launch/image.sh): no Docker daemon needed
+              podman buildah runc debootstrap patchelf openssh-client)
 
 step() { STEP_NAME="$1"; STEP_START=$(date +%s); echo "==> $STEP_NAME"; }
 done_step() { echo "    done: $STEP_NAME ($(( $(date +%s) - STEP_START )) s)"; }
