@@ -93,7 +93,12 @@ build() {
     local rust="${RUST_IMAGE:-}"
     [ -n "$rust" ] || rust="$(rust_base)"
     echo "==> full build of $TAG ($VARIANT) from $BASE and $rust"
-    (cd "$ROOT" && timed buildah bud "${args[@]}" --build-arg "RUST_IMAGE=$rust" --build-arg BINARY_FROM=builder .)
+    # pip and cargo inside the build trust what this host trusts (a TLS-intercepting proxy's CA
+    # may be in the host's bundle only).
+    local ca=/etc/ssl/certs/ca-certificates.crt
+    (cd "$ROOT" && timed buildah bud "${args[@]}" --build-arg "RUST_IMAGE=$rust" --build-arg BINARY_FROM=builder \
+       -v "$ca:/etc/build-host-ca.crt:ro" --build-arg PIP_CERT=/etc/build-host-ca.crt \
+       --build-arg CARGO_HTTP_CAINFO=/etc/build-host-ca.crt .)
   else
     echo "==> cargo build --release -p wave-dist --features nccl (the binary the image carries)"
     (cd "$ROOT" && cargo build --release -p wave-dist --features nccl)
