@@ -73,7 +73,7 @@ class Lab:
 
     def close(self):
         for n in reversed(self.names):
-            sh(["podman", "rm", "-f", "-t", "0", n], check=False)
+            sh(["podman", "rm", "-f", "-t", "0", self.cname(n)], check=False)
         sh(["podman", "network", "rm", "-f", self.net], check=False)
         shutil.rmtree(self.work, ignore_errors=True)
 
@@ -85,8 +85,14 @@ class Lab:
         os.chmod(path, mode)
         return path
 
+    def cname(self, name):
+        """The container's unique name; `name` itself is its host name and DNS alias on the
+        network (so a run killed before its clean-up never blocks the next one)."""
+        return f"{self.net}-{name}"
+
     def run_args(self, name, env=None, mounts=(), entrypoint=None, extra=()):
-        args = ["podman", "run", "--network", self.net, "--name", name, "--hostname", name]
+        args = ["podman", "run", "--network", self.net, "--name", self.cname(name), "--hostname", name,
+                "--network-alias", name]
         for k, v in (env or {}).items():
             args += ["-e", f"{k}={v}"]
         for src, dst, mode in mounts:
@@ -113,7 +119,8 @@ class Lab:
             for n in names:
                 if n in codes:
                     continue
-                state = sh(["podman", "inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", n]).stdout.split()
+                state = sh(["podman", "inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}",
+                            self.cname(n)]).stdout.split()
                 if state[0] == "exited":
                     codes[n] = int(state[1])
             if time.time() > deadline:
@@ -122,7 +129,7 @@ class Lab:
         return codes
 
     def logs(self, name):
-        p = sh(["podman", "logs", name], check=False)
+        p = sh(["podman", "logs", self.cname(name)], check=False)
         return p.stdout + p.stderr
 
     def s3(self):
@@ -134,7 +141,8 @@ class Lab:
                    entrypoint="/usr/local/bin/weed")
         deadline = time.time() + 90
         while time.time() < deadline:
-            probe = sh(["podman", "exec", "s3", "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8333"], check=False)
+            probe = sh(["podman", "exec", self.cname("s3"), "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8333"],
+                       check=False)
             if probe.returncode == 0:
                 time.sleep(2)  # the S3 gateway accepts before its filer is ready
                 return
@@ -273,7 +281,7 @@ def check_mpijob(lab, args):
     mpirun = cmd[1:i] + ["-x", "AWS_ENDPOINT_URL", "-x", "AWS_ALLOW_HTTP"]
     p = lab.run("launcher", mpirun + train, entrypoint="mpirun", env=env, mounts=lmounts, timeout=600)
     s2 = summary_of(p.stdout)
-    two = train_losses(sh(["podman", "exec", hosts[0], "cat", "/tmp/run/metrics.jsonl"]).stdout)
+    two = train_losses(sh(["podman", "exec", lab.cname(hosts[0]), "cat", "/tmp/run/metrics.jsonl"]).stdout)
 
     run1 = lab.folder("run1")
     single = [a.replace("/tmp/run", "/run1") for a in train[1:]] + ["--set", 'train.run_dir="/run1"',
@@ -341,7 +349,7 @@ def check_indexed(lab, args):
         ids |= {l.split(" id ")[1] for l in log.splitlines() if " id " in l}
     require(len(ids) == 1, f"ranks received different ids: {ids}")
     for n in names:
-        sh(["podman", "rm", "-f", n])
+        sh(["podman", "rm", "-f", lab.cname(n)])
         lab.names.remove(n)
 
     # 2. The manifest's own command: a clear "no GPU" error on every rank, promptly.
