@@ -126,7 +126,7 @@ def check_image(image, by_kind):
     uid = int(user) if user.isdigit() else None
     check(uid not in (None, 0), f"image {image}: must run as a numeric non-root user, has {user!r}")
     check(cfg.get("Entrypoint") == ["wave-dist"], f"image {image}: ENTRYPOINT must be [\"wave-dist\"], is {cfg.get('Entrypoint')}")
-    repo = image.split("/")[-1]
+    repo = image.split("/")[-1].split(":")[0]
     pods = [(f"Job {j['metadata']['name']}", j["spec"]["template"]["spec"]) for j in by_kind.get("Job", [])]
     for mj in by_kind.get("MPIJob", []):
         for role, rs in mj["spec"]["mpiReplicaSpecs"].items():
@@ -135,7 +135,7 @@ def check_image(image, by_kind):
         run_as = pod.get("securityContext", {}).get("runAsUser")
         check(run_as == uid, f"{where}: securityContext.runAsUser {run_as} is not the image's user {uid}")
         for c in pod["containers"]:
-            named = c["image"].split("/")[-1]
+            named = c["image"].split("/")[-1].split(":")[0]
             check(named == repo, f"{where}: image {c['image']} is not the built {image}")
             cmd = c.get("command", [])
             if cmd:
