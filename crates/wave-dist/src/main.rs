@@ -141,7 +141,7 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
-fn train(args: TrainArgs) -> Result<()> {
+fn train(args: TrainArgs) -> Result<ExitCode> {
     // Explicit flags win over any launcher; wave-comm reads them with the launcher's variables.
     for (var, value) in [
         (wave_comm::RANK_VAR, args.rank),
@@ -158,7 +158,11 @@ fn train(args: TrainArgs) -> Result<()> {
     }
     let cfg = config.load()?;
     let summary = wave_train::train(&cfg)?;
-    print_json(&summary)
+    print_json(&summary)?;
+    Ok(match summary.stopped {
+        Some("signal") => ExitCode::from(cfg.train.signal_exit_code),
+        _ => ExitCode::SUCCESS,
+    })
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
@@ -226,7 +230,10 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     let result = match cli.command {
-        Command::Train(args) => train(args),
+        Command::Train(args) => match train(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Eval(args) => eval(args),
         Command::Data(cmd) => data_cmd::run_data(cmd),
         Command::Tokenizer(cmd) => data_cmd::run_tokenizer(cmd),

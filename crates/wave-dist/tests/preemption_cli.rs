@@ -171,3 +171,51 @@ fn sigusr1_to_every_rank_stops_them_at_the_same_step_with_a_committed_checkpoint
     let tmp = tempfile::tempdir().expect("tempdir");
     preempt(data, tmp.path(), "USR1", &[0, 1]);
 }
+
+#[test]
+fn after_a_stop_signal_the_exit_status_is_train_signal_exit_code_for_schedulers_that_must_restart()
+{
+    let Some(data) = agnews_test_split() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (run, ckpt) = (tmp.path().join("run"), tmp.path().join("ckpt"));
+    let child = Command::new(env!("CARGO_BIN_EXE_wave-dist"))
+        .args(job(
+            data,
+            &run,
+            &ckpt,
+            &["train.max_steps=100000", "train.signal_exit_code=75"],
+        ))
+        .current_dir(workspace_root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while logged_steps(&run).len() < 3 {
+        assert!(Instant::now() < deadline, "training did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success());
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let step = summary(&String::from_utf8_lossy(&out.stdout))["steps"]
+        .as_u64()
+        .expect("steps");
+    let latest = std::fs::read_to_string(ckpt.join("latest")).expect("latest committed");
+    let latest: serde_json::Value = serde_json::from_str(&latest).expect("latest json");
+    assert_eq!(
+        latest["step"], step,
+        "the final checkpoint was committed before exiting"
+    );
+}

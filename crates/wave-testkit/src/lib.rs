@@ -15,6 +15,9 @@
 //!   address: run a command inside a host, `mpirun` one rank per host (an agent enters the
 //!   namespace instead of ssh), cut and restore a host's link; everything is removed on drop.
 //!   [`RankRecord`] reads the per-rank output files of `tests/record-rank.sh`.
+//! - [`GcsEmulator`] and [`Azurite`]: Google Cloud Storage and Azure Blob Storage emulators on
+//!   loopback, so `gs://` and `az://` are tested like `s3://` (reads only on GCS: no
+//!   GCS emulator serves object_store's uploads; see [`GcsEmulator`]).
 //!
 //! ```no_run
 //! let Some(weed) = wave_testkit::Weed::start() else { return };
@@ -54,19 +57,40 @@ pub fn venv_bin(name: &str) -> Option<PathBuf> {
     Some(venv.join("bin").join(name)).filter(|p| p.is_file())
 }
 
-/// `weed`: `$WEED_BIN`, then `PATH`, then the set-up venv ([`venv_bin`]).
-fn weed_binary() -> Option<PathBuf> {
-    let explicit = std::env::var_os("WEED_BIN").map(PathBuf::from);
+mod emulators;
+pub use emulators::{Azurite, GcsEmulator};
+
+/// A test tool: `$<env_var>`, then `name` on `PATH`, then each of `cached` under the set-up cache
+/// `$WAVE_DIST_HOME` (set by `launch/env.sh`).
+fn find_tool(env_var: &str, name: &str, cached: &[&str]) -> Option<PathBuf> {
+    let explicit = std::env::var_os(env_var).map(PathBuf::from);
     let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| {
         std::env::split_paths(&p)
-            .map(|d| d.join("weed"))
+            .map(|d| d.join(name))
             .collect::<Vec<_>>()
     });
+    let in_cache: Vec<PathBuf> = std::env::var_os("WAVE_DIST_HOME")
+        .map(PathBuf::from)
+        .map(|h| cached.iter().map(|rel| h.join(rel)).collect())
+        .unwrap_or_default();
     explicit
         .into_iter()
         .chain(on_path)
-        .chain(venv_bin("weed"))
+        .chain(in_cache)
         .find(|p| p.is_file())
+}
+
+/// A loopback port that was free a moment ago (bound, read, released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free loopback port")
+        .port()
+}
+
+/// `weed`: `$WEED_BIN`, then `PATH`, then the set-up venv ([`venv_bin`]).
+fn weed_binary() -> Option<PathBuf> {
+    find_tool("WEED_BIN", "weed", &[]).or_else(|| venv_bin("weed"))
 }
 
 const PORT_FLAGS: [&str; 13] = [

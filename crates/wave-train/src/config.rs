@@ -134,6 +134,11 @@ pub struct TrainConfig {
     pub threads: usize,
     /// Folder for metrics, the resolved config and the final weights; "" = `runs/<name>`.
     pub run_dir: String,
+    /// Exit status once a stop signal (SIGTERM/SIGUSR1) has ended training and the final
+    /// checkpoint is committed. 0 says "ended cleanly"; a scheduler that must then restart the job
+    /// needs another value: a Kubernetes Indexed Job counts exit 0 as a completed index, so its
+    /// manifest sets 75 (EX_TEMPFAIL) together with a `podFailurePolicy` rule that ignores it.
+    pub signal_exit_code: u8,
     /// `"never"`, `"auto"` (latest committed checkpoint under `checkpoint.uri`, if any), a step
     /// number under `checkpoint.uri`, or a checkpoint URL/path: a step folder
     /// (`"s3://bucket/run/step-00000120"`) or another checkpoint root (its `latest`).
@@ -167,6 +172,7 @@ impl Default for TrainConfig {
             device: "cpu".into(),
             threads: 0,
             run_dir: String::new(),
+            signal_exit_code: 0,
             resume: Resume::Never,
         }
     }
