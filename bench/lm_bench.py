@@ -4,15 +4,18 @@ Both train the same model (one wave layer, modulation + concat, learned position
 the BERT-vocabulary embedding, dropout 0.1) with the same objective (15% of the real non-special
 tokens selected, 80/10/10, the vocabulary head on the selected positions only), on the same packed
 rows of the same prepared shards in file order, with the same AdamW settings and LR schedule, for the
-same timed steps after the same untimed warm-up, with the same intra-op thread count. The programs
-alternate, round after round, in this one run. Peak memory is each process's maximum resident set
-(wait4 of the child: the whole process, start-up to exit).
+same timed steps after the same untimed warm-up, with the same intra-op thread count and OpenMP
+wait policy. The programs alternate, round after round, in this one run.
 
 Throughput is real tokens per second of wall time over the timed steps, everything included (data,
 masking, forward, backward, clipping, AdamW): for the peer its own timer around the loop; for
 wave-dist the timestamps of its log lines at the first and the last timed step. wave-dist's own
 metrics figure (`tokens_per_s`, which times the step itself but not the batch's masking) is reported
-next to it.
+next to it. Tokens per CPU-second divide the same tokens by the CPU time the process spent in that
+window (the peer's process_time; wave-dist's /proc utime + stime read when those log lines appear).
+
+Peak memory is each process's maximum resident set (wait4 of the child: start-up to exit), and for
+wave-dist also its VmHWM before its final checkpoint and evaluation (which the peer does not do).
 
     python bench/lm_bench.py --data data/gutenberg-mlm \\
         --corpus $WAVE_SHARED_DATA/gutenberg/gutenberg_sample_10MB.txt --d-model 768 --rounds 3
@@ -118,7 +121,9 @@ def median(xs):
 
 
 def ours_figures(stderr, run_dir, first, last, tokens_per_step):
-    """wave-dist's (wall tokens/s, metrics tokens/s, compute share, data-wait share) over steps first..last."""
+    """wave-dist's figures over steps first..last: tokens/s from its log timestamps (wall_tps) and from
+    its metrics (metrics_tps), and seconds per step: wall, compute, data wait, and outside the
+    metrics' timed window (untimed_s)."""
     stamps = {}
     for line in stderr.splitlines():
         m = LOG_LINE.match(line)
