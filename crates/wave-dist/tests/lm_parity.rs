@@ -162,7 +162,7 @@ fn assert_parity(python: &Path, export: &Path, dump: &Path, objective: &str) -> 
     let ours = report["wave_dist_loss_sum"].as_f64().expect("loss sum");
     // Mean loss per token below ln(vocab) + 1: a real loss, not zeros or garbage.
     assert!(
-        ours > 0.0 && ours / (count as f64) < (30_522f64).ln() + 1.0,
+        ours > 0.0 && ours / (count as f64) < 30_522f64.ln() + 1.0,
         "{report}"
     );
     for peer in ["peer_gathered_head", "peer_all_positions_head", "peer_f64"] {
