@@ -146,3 +146,27 @@ fn a_rank_outside_the_world_is_rejected_naming_the_flags() {
         &["WAVE_RANK"],
     );
 }
+
+#[test]
+fn a_model_vocabulary_that_differs_from_the_tokenizers_is_refused_naming_both() {
+    let Some(data) = agnews_test_split() else {
+        return;
+    };
+    let out = wave_dist(&[
+        "train",
+        "--config",
+        "configs/smoke.toml",
+        "--set",
+        &format!("data.uri={:?}", data.to_str().expect("utf-8")),
+        "--set",
+        "model.vocab_size=1000",
+    ]);
+    fails_naming(
+        &out,
+        &[
+            "model.vocab_size = 1000",
+            "bert-base-uncased",
+            "30522 tokens",
+        ],
+    );
+}
