@@ -50,7 +50,7 @@ use crate::shuffle::{Spool, Spooled};
 use crate::sources::{read_sources, RawLabel, SourceOptions, SourceRecord, MAX_CLASSES};
 use crate::store::Location;
 use crate::tokenize::{encode_pool, TextEncoder};
-use crate::writer::{SplitWriter, WriterConfig};
+use crate::writer::{SplitWriter, WriterConfig, TOKENIZE_CHUNK_BYTES_PER_THREAD};
 
 pub use crate::writer::PAGE_ROWS;
 
@@ -482,6 +482,7 @@ fn prepare_into(opts: &PrepareOptions, loc: &Location) -> Result<PrepareReport> 
         tmp: &shards_dir,
         enc: enc.as_ref(),
         pool: pool.as_ref(),
+        chunk_bytes: TOKENIZE_CHUNK_BYTES_PER_THREAD * opts.tokenizer_threads,
         pack,
         classes: labelled
             .then(|| classes.as_ref().map(|(n, _)| n.len()))

@@ -1,7 +1,8 @@
 //! One split's output in `prepare`: documents in → (tokenized, packed) rows → row groups →
 //! Parquet shards uploaded as they fill.
 //!
-//! Memory is bounded by one tokenization chunk ([`TOKENIZE_CHUNK_BYTES`] of text), one row group
+//! Memory is bounded by one tokenization chunk ([`TOKENIZE_CHUNK_BYTES_PER_THREAD`] of text per
+//! thread), one row group
 //! and the Parquet writer's buffers: a shard is written to a local temporary file and streamed to
 //! the store when it closes. The rows written do not depend on how documents were chunked for the
 //! tokenizer, so the output is the same at any thread count.
@@ -32,9 +33,10 @@ pub const CREATED_BY: &str = "wave-data (format 1)";
 /// wants a few rows of a row group fetches and decodes only their pages: the loader's shuffle
 /// blocks ([`crate::DataConfig::shuffle_block`]) are whole pages.
 pub const PAGE_ROWS: usize = 32;
-/// Text handed to the tokenizer at once (its threads share it out); bounds the tokenizer's own
-/// per-token buffers.
-pub const TOKENIZE_CHUNK_BYTES: usize = 8 << 20;
+/// Text handed to the tokenizer at once, per tokenizer thread (the threads share a chunk out by
+/// documents). The tokenizer's own buffers run to tens of bytes per byte of text (alignments,
+/// per-token records), so this bounds them: about 100 MB per thread.
+pub const TOKENIZE_CHUNK_BYTES_PER_THREAD: usize = 1 << 20;
 /// Documents handed to the tokenizer at once, at most.
 const TOKENIZE_CHUNK_DOCS: usize = 4096;
 
@@ -48,6 +50,8 @@ pub(crate) struct WriterConfig<'a> {
     pub enc: Option<&'a TextEncoder>,
     /// Its thread pool (`None`: the calling thread).
     pub pool: Option<&'a rayon::ThreadPool>,
+    /// Text per tokenizer call ([`TOKENIZE_CHUNK_BYTES_PER_THREAD`] × threads).
+    pub chunk_bytes: usize,
     /// Pack documents into rows of this many ids, separated by `sep`.
     pub pack: Option<(usize, u32)>,
     /// Number of classes when the `label` column is written.
@@ -169,7 +173,7 @@ impl<'a> SplitWriter<'a> {
         }
         self.pending_bytes += text.len();
         self.pending.push((text.to_string(), label));
-        if self.pending_bytes >= TOKENIZE_CHUNK_BYTES || self.pending.len() >= TOKENIZE_CHUNK_DOCS {
+        if self.pending_bytes >= self.cfg.chunk_bytes || self.pending.len() >= TOKENIZE_CHUNK_DOCS {
             self.tokenize_pending()?;
         }
         Ok(())
