@@ -9,14 +9,18 @@
 //!
 //! ## Pipeline
 //! 1. [`fetch()`]: official archive → local file, verified against `datasets/<name>/recipe.toml`.
-//! 2. [`prepare()`]: AG News / aclImdb archives, JSON Lines, text or Parquet → shards with columns
-//!    `text` (utf8), `label` (int64, labelled data) and optionally `input_ids` (`list<int32>`,
-//!    pre-tokenized or packed), plus a [`Manifest`] written last (deterministic and atomic).
+//! 2. [`prepare()`]: AG News / aclImdb archives, JSON Lines, text or Parquet (files or globs, any
+//!    size: streamed, with an external shuffle on local disk) → shards with columns `text` (utf8),
+//!    `label` (int64, labelled data) and optionally `input_ids` (`list<int32>`, pre-tokenized or
+//!    packed), rows in a seeded random order, plus a [`Manifest`] written last (deterministic and
+//!    atomic). See the `prepare` module for the guarantees.
 //! 3. [`Dataset::open`] + [`Loader`]: stream one split for one rank.
 //!
 //! ## Order and resumption (see [`order`])
-//! The order is a pure function of `(seed, epoch, global position)`: row groups are permuted, then
-//! rows are permuted inside windows of about `shuffle_window` rows. Global batch `k` is positions
+//! The order is a pure function of `(seed, epoch, global position)`: blocks of `shuffle_block` rows
+//! are permuted over the whole split, then rows are permuted inside windows of about
+//! `shuffle_window` rows, so even a split stored sorted by class gives batches close to an i.i.d.
+//! shuffle ([`inspect()`] reports how close for a labelled split). Global batch `k` is positions
 //! `[k*B, (k+1)*B)`; rank `r` of `W` takes `[r*B/W, (r+1)*B/W)`. The last partial global batch of `R`
 //! samples gives every rank `floor(R/W)` samples (dropping at most `W-1`) unless `pad_remainder`
 //! pads it with ignored rows. A [`Cursor`] is `(epoch, global samples consumed)`, so a run saved at

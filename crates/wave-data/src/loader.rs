@@ -1,9 +1,12 @@
 //! The streaming [`Loader`]: rank-sliced, resumable batches prepared by a background thread.
 //!
 //! Order and slicing are the pure functions of [`crate::order`]; this module only carries them out:
-//! it reads the row groups a batch touches (whole shuffle windows stay cached until passed), takes
-//! this rank's rows, tokenizes them (or uses pre-tokenized `input_ids`), truncates to `max_length`
-//! and pads to the longest row of the batch.
+//! when a batch first touches a shuffle window it reads the whole window (the rows of its blocks,
+//! one concurrent read per row group, only their pages), keeps it until a later batch has passed
+//! it, takes this rank's rows, tokenizes them (or uses pre-tokenized `input_ids`), truncates to
+//! `max_length` and pads to the longest row of the batch. Every rank reads whole windows, so the
+//! I/O per rank is that of the window, not of its slice (the price of a world-size independent
+//! order; a window is 32,768 rows by default).
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -377,7 +380,7 @@ impl Drop for Loader {
 /// One window, read: its row permutation and the decoded rows of its blocks.
 struct WindowState {
     perm: Vec<u32>,
-    /// Window-local first row of each block (window order), then the window's row count.
+    /// Window-local first row of each block (window order).
     starts: Vec<u64>,
     /// Per block: (chunk, index of its first row in the chunk, dataset row of its first row).
     at: Vec<(usize, usize, u64)>,

@@ -54,7 +54,7 @@ pub(crate) struct WriterConfig<'a> {
     pub chunk_bytes: usize,
     /// Pack documents into rows of this many ids, separated by `sep`.
     pub pack: Option<(usize, u32)>,
-    /// Number of classes when the `label` column is written.
+    /// Number of classes when the `label` column is written (`None`: unlabelled or packed).
     pub classes: Option<usize>,
     /// Rows per row group.
     pub row_group_rows: usize,
@@ -70,7 +70,7 @@ impl WriterConfig<'_> {
         if self.pack.is_none() {
             fields.push(Field::new(TEXT_COLUMN, DataType::Utf8, false));
         }
-        if self.classes.is_some() && self.pack.is_none() {
+        if self.classes.is_some() {
             fields.push(Field::new(LABEL_COLUMN, DataType::Int64, false));
         }
         if self.enc.is_some() {
@@ -226,10 +226,10 @@ impl<'a> SplitWriter<'a> {
         {
             self.flush_row_group()?;
         }
-        if let Some(t) = text.filter(|_| self.cfg.pack.is_none()) {
+        if let Some(t) = text {
             self.rg.texts.push(t);
         }
-        if self.cfg.classes.is_some() && self.cfg.pack.is_none() {
+        if self.cfg.classes.is_some() {
             self.rg.labels.push(label);
             if let Some(c) = self.label_counts.get_mut(label as usize) {
                 *c += 1;
@@ -278,7 +278,7 @@ impl<'a> SplitWriter<'a> {
         if self.cfg.pack.is_none() {
             cols.push(Arc::new(StringArray::from_iter_values(rg.texts.iter())));
         }
-        if self.cfg.classes.is_some() && self.cfg.pack.is_none() {
+        if self.cfg.classes.is_some() {
             cols.push(Arc::new(Int64Array::from(rg.labels)));
         }
         if self.cfg.enc.is_some() {
@@ -357,8 +357,7 @@ impl<'a> SplitWriter<'a> {
         self.close_shard()?;
         Ok(Split {
             rows: self.rows,
-            label_counts: (self.cfg.classes.is_some() && self.cfg.pack.is_none())
-                .then(|| self.label_counts.clone()),
+            label_counts: self.cfg.classes.map(|_| self.label_counts.clone()),
             tokens: self.cfg.enc.is_some().then_some(self.tokens),
             shards: std::mem::take(&mut self.shards),
         })
