@@ -99,7 +99,8 @@ pub struct PrepareArgs {
     /// endpoint from the standard environment variables, e.g. AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID).
     #[arg(long)]
     pub out: String,
-    /// Dataset name recorded in the manifest (default: the format, or the first input's stem).
+    /// Dataset name recorded in the manifest (default: the format for archives, else the first
+    /// input's stem, or its folder's name for a glob).
     #[arg(long)]
     pub name: Option<String>,
     /// Splits to write, comma-separated (default: train,test for archives — plus validation carved
