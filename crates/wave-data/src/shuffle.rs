@@ -113,12 +113,10 @@ fn create_buckets(dir: &Path, n: usize) -> Result<(Vec<PathBuf>, Vec<BufWriter<F
     Ok((paths, writers))
 }
 
+/// Flush and close bucket files (no fsync: a spool that does not survive a crash is just redone).
 fn close(paths: &[PathBuf], writers: Vec<BufWriter<File>>) -> Result<()> {
     for (p, w) in paths.iter().zip(writers) {
-        w.into_inner()
-            .map_err(|e| Error::io(p, e.into_error()))?
-            .sync_data()
-            .map_err(|e| Error::io(p, e))?;
+        w.into_inner().map_err(|e| Error::io(p, e.into_error()))?;
     }
     Ok(())
 }
@@ -207,6 +205,15 @@ impl Buckets {
     }
 }
 
+/// Whether a spool file holds one record (which no re-scatter could split).
+fn single_record(path: &Path, size: u64) -> Result<bool> {
+    let mut h = [0u8; HEADER];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut h))
+        .map_err(|e| Error::io(path, e))?;
+    Ok((HEADER + parse_header(&h).4) as u64 == size)
+}
+
 /// Drain one bucket whose keys share their top `used` bits: sorted in memory when it fits the
 /// budget, else scattered by the next key bits into sub-buckets drained in turn.
 fn drain_bucket(
@@ -218,7 +225,7 @@ fn drain_bucket(
     let size = std::fs::metadata(path)
         .map_err(|e| Error::io(path, e))?
         .len();
-    if size > budget && used < 64 {
+    if size > budget && used < 64 && !single_record(path, size)? {
         let take = (64 - used).min(RESPLIT_BITS);
         let dir = path.with_extension("split");
         let (paths, mut writers) = create_buckets(&dir, 1 << take)?;
@@ -333,5 +340,7 @@ mod tests {
         // More buckets, and a budget so small that every bucket is re-scattered (recursively).
         assert_eq!(drained(4, u64::MAX, 3000), reference);
         assert_eq!(drained(2, 2_000, 3000), reference);
+        // A budget below one record: buckets are split down to single records, then loaded.
+        assert_eq!(drained(0, 1, 100), drained(0, u64::MAX, 100));
     }
 }
