@@ -8,8 +8,9 @@
 //! Per cell: the per-batch class-fraction standard deviation over an epoch divided by the i.i.d.
 //! value `sqrt(p(1-p)/B)` (mean and worst over 5 seeds), and the row-group reads per epoch. Row
 //! groups hold 1,024 rows and data pages [`wave_data::PAGE_ROWS`] rows, as `prepare` writes them.
+//! The first row of each table is the order before blocks and stratified windows existed.
 
-use wave_data::order::EpochPlan;
+use wave_data::order::{EpochPlan, SplitMix64};
 
 const RG_ROWS: u64 = 1024;
 const SEEDS: [u64; 5] = [1, 2, 3, 4, 5];
@@ -30,6 +31,34 @@ fn ratio(labels: &[u32], classes: u32, batch: usize) -> f64 {
     (measured / iid).sqrt()
 }
 
+fn row_groups(rows: u64) -> Vec<u64> {
+    let mut rg_rows = vec![RG_ROWS; (rows / RG_ROWS) as usize];
+    if !rows.is_multiple_of(RG_ROWS) {
+        rg_rows.push(rows % RG_ROWS);
+    }
+    rg_rows
+}
+
+/// The order before: row groups permuted, cut into windows of at least `window` rows, rows
+/// permuted inside each window. Returns dataset rows in epoch order.
+fn previous_order(rg_rows: &[u64], seed: u64, window: u64) -> Vec<u64> {
+    let mut first = vec![0u64];
+    for &n in rg_rows {
+        first.push(first[first.len() - 1] + n);
+    }
+    let mut groups: Vec<usize> = (0..rg_rows.len()).collect();
+    SplitMix64::derive(seed, &[0, 0]).shuffle(&mut groups);
+    let (mut out, mut cur) = (Vec::new(), Vec::new());
+    for (i, &g) in groups.iter().enumerate() {
+        cur.extend(first[g]..first[g + 1]);
+        if cur.len() as u64 >= window || i + 1 == groups.len() {
+            SplitMix64::derive(seed, &[0, 1, i as u64]).shuffle(&mut cur);
+            out.append(&mut cur);
+        }
+    }
+    out
+}
+
 /// (mean ratio, worst ratio, row-group reads per epoch, pages decoded per page stored).
 fn measure(
     rows: u64,
@@ -38,10 +67,7 @@ fn measure(
     window: usize,
     block: usize,
 ) -> (f64, f64, f64, f64) {
-    let mut rg_rows = vec![RG_ROWS; (rows / RG_ROWS) as usize];
-    if !rows.is_multiple_of(RG_ROWS) {
-        rg_rows.push(rows % RG_ROWS);
-    }
+    let rg_rows = row_groups(rows);
     let label = |r: u64| (r * u64::from(classes) / rows) as u32;
     let page_rows = wave_data::PAGE_ROWS as u64;
     let pages_stored: u64 = rg_rows.iter().map(|n| n.div_ceil(page_rows)).sum();
@@ -81,8 +107,8 @@ fn main() {
          `wave_data::order`, no data read; {} seeds per cell). Splits stored sorted by class, row \
          groups of {RG_ROWS} rows, data pages of {} rows. Cell: per-batch class-fraction std / \
          i.i.d. value (mean over seeds, worst in brackets); `reads`: row-group reads per epoch; \
-         `pages`: pages decoded per epoch / pages stored. `shuffle_block = 1024` (whole row groups) \
-         is the previous order.\n",
+         `pages`: pages decoded per epoch / pages stored. `previous order`: whole row groups \
+         permuted, windows of consecutive ones (the order before blocks and stratified windows).\n",
         SEEDS.len(),
         wave_data::PAGE_ROWS
     );
@@ -101,6 +127,22 @@ fn main() {
         print!("\n|---|");
         for _ in windows {
             print!("---|");
+        }
+        println!();
+        print!("| previous order |");
+        for w in windows {
+            let label = |r: u64| (r * u64::from(classes) / rows) as u32;
+            let ratios: Vec<f64> = SEEDS
+                .iter()
+                .map(|&seed| {
+                    let order = previous_order(&row_groups(rows), seed, w as u64);
+                    let labels: Vec<u32> = order.into_iter().map(label).collect();
+                    ratio(&labels, classes, batch)
+                })
+                .collect();
+            let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
+            let worst = ratios.iter().copied().fold(0.0, f64::max);
+            print!(" {mean:.2} ({worst:.2}) |");
         }
         println!();
         for b in blocks {

@@ -32,12 +32,13 @@ pub struct DataConfig {
     /// Shuffle the training order (seeded; a pure function of seed, epoch and position).
     #[serde(default = "default_true")]
     pub shuffle: bool,
-    /// Rows shuffled together in memory (a window of consecutive shuffled blocks), in samples.
+    /// Rows shuffled together in memory, at most (a window of blocks dealt from the whole split),
+    /// in samples.
     #[serde(default = "default_shuffle_window")]
     pub shuffle_window: usize,
-    /// Rows of the unit the epoch order permutes over the whole split (consecutive rows of one row
-    /// group), in samples. A window mixes `shuffle_window / shuffle_block` places of the split;
-    /// see the `order` module for the resulting batch statistics.
+    /// Rows of the unit dealt into windows (consecutive rows of one row group), in samples. Each
+    /// window takes one block from every run of consecutive blocks, so it is a sample of the whole
+    /// split; see the `order` module for the measured batch statistics.
     #[serde(default = "default_shuffle_block")]
     pub shuffle_block: usize,
     /// Group similar lengths inside a shuffle window to cut padding.

@@ -1,32 +1,39 @@
 //! Sample order: pure functions of (seed, epoch, global position), independent of world size.
 //!
 //! An epoch's order is built in two levels so that a shuffled epoch never needs the split in memory:
-//! 1. every row group is cut into *blocks* of `shuffle_block` consecutive rows, and all blocks of
-//!    the split are permuted with an RNG derived from `(seed, epoch)`;
-//! 2. consecutive permuted blocks are grouped into *windows* of at least `shuffle_window` rows, and
-//!    the rows inside each window are permuted with an RNG derived from `(seed, epoch, window)`.
+//! 1. every row group is cut into *blocks* of `shuffle_block` consecutive rows, and the split's
+//!    blocks are dealt into `n = ceil(rows / shuffle_window)` *windows*, stratified: each run of `n`
+//!    consecutive blocks (in storage order) gives every window one block, to a window drawn with an
+//!    RNG derived from `(seed, epoch, run)`;
+//! 2. windows follow each other, and the rows inside each are permuted with an RNG derived from
+//!    `(seed, epoch, window)`.
 //!
-//! A window therefore holds about `shuffle_window / shuffle_block` blocks drawn from the whole
-//! split, not a contiguous run of it: even on a split stored sorted by class, a window's class mix
-//! is that of `shuffle_window / shuffle_block` random draws. For a batch of `B` rows this adds
-//! `p(1-p)·shuffle_block/shuffle_window` to the i.i.d. variance `p(1-p)/B` of a class fraction `p`,
-//! so the per-batch spread is `sqrt(1 + B·shuffle_block/shuffle_window)` times the i.i.d. value
-//! at worst (a fully sorted split), and exactly i.i.d. on a split that `prepare` already shuffled.
-//! The defaults, `shuffle_block = 32` (one data page, see below) and `shuffle_window = 32768`,
-//! give 1.03x for `B = 64` on a sorted split, and cover a split of up to 32,768 rows (IMDB, AG
-//! News' test set) with one window, which is an exact uniform shuffle. For larger global batches
-//! keep `shuffle_window >= 16 * B * shuffle_block` to stay within 3%. Measured over a grid of both
-//! knobs (`examples/order_quality.rs`, results in `bench/results/order_quality.md`): whole row
-//! groups as the unit (`shuffle_block = 1024`, the order before this scheme) give 1.8x–2.2x at
-//! `shuffle_window = 16384`; 32-row blocks give 1.06x there and 1.03x at 32768; smaller blocks
-//! gain little more and decode every page several times per epoch.
+//! So every window is a systematic sample of the whole split, about `rows / n <= shuffle_window`
+//! rows from every region of it, rather than a contiguous run of it: on a split stored sorted by
+//! class, each window's class mix equals the split's to within one block per class boundary, and a
+//! batch drawn from a window is as mixed as an i.i.d. shuffle makes it. Measured over a grid of both
+//! knobs on sorted splits (`examples/order_quality.rs`, results in
+//! `bench/results/order_quality.md`): with 32-row blocks the per-batch class-fraction spread is
+//! 1.00x the i.i.d. value on average (worst seed 1.04x) at batch 64 and 256, windows of 4,096 to
+//! 65,536 rows, splits of 23,750 to 1,000,000 rows and 2 to 14 classes; blocks of 8–64 rows do
+//! alike. The order before (whole row groups permuted, windows of consecutive ones) gave 1.8x–2.2x
+//! at batch 64 with windows of 16,384 rows. Whole row groups as blocks are not enough (up to
+//! 3.7x): a window then holds too few blocks for one block to be a small error.
 //!
-//! This is MosaicML Streaming's `py1b` (shuffle shards, then shuffle within fixed-size blocks of the
-//! shuffled sequence) with the permuted unit shrunk from a shard to a block of a row group: a
-//! window of the same memory then mixes hundreds of places of the split instead of a handful.
-//! The cost moves to I/O: a window reads a few rows from many row groups, which stays cheap
-//! because `prepare` writes data pages of [`crate::PAGE_ROWS`] rows with an offset index, so the
-//! reader fetches and decodes only the pages of the blocks it needs.
+//! The defaults are `shuffle_block = 32`, one data page as `prepare` writes them
+//! ([`crate::PAGE_ROWS`], with an offset index), so a window reads exactly the pages of its blocks
+//! (smaller blocks decode each page several times per epoch), and `shuffle_window = 32768`: a
+//! window of memory (about 40 MB of IMDB reviews, 16 MB of 128-token packed rows) that covers a
+//! split of up to 32,768 rows (IMDB, AG News' test set) in one exact uniform shuffle, and reads
+//! each row group once per window, so larger windows mean fewer (object-store) requests.
+//!
+//! Compared with MosaicML Streaming's shuffles: `py1b` shuffles shards, then rows within
+//! fixed-size blocks of the shuffled sequence, and `py1e` spreads each shard's samples over a range
+//! around its shuffled place; in both a window of the sequence still draws from a handful of
+//! adjacent shuffled shards, so a sorted source leaves windows skewed unless the block spans many
+//! shards (MosaicML's default is 262,144 samples or more, cached on local disk). Dealing blocks of
+//! a page into windows stratified across the split gets an i.i.d.-like class mix from a window of
+//! modest memory, at the cost of reading a few pages from every row group per window.
 //!
 //! Global batch `k` covers positions `[k*B, (k+1)*B)` of that order; rank `r` of `W` takes the
 //! contiguous slice `[r*B/W, (r+1)*B/W)` ([`rank_slice`]). Because batches are cut from positions, a
@@ -264,9 +271,10 @@ pub struct EpochPlan {
 
 impl EpochPlan {
     /// Build the plan for one epoch of a split whose row groups hold `rg_rows[i]` rows each.
-    /// Shuffled: blocks of `shuffle_block` rows are permuted over the whole split and cut into
-    /// windows of at least `shuffle_window` rows. Without shuffling every row group is a window of
-    /// its own, in storage order.
+    /// Shuffled: the split's blocks of `shuffle_block` rows are dealt into `ceil(rows /
+    /// shuffle_window)` windows, stratified: every run of that many consecutive blocks (in storage
+    /// order) gives each window one block, to a window drawn at random. Without shuffling every row
+    /// group is a window of its own, in storage order.
     pub fn new(
         rg_rows: &[u64],
         seed: u64,
@@ -283,25 +291,47 @@ impl EpochPlan {
             u64::MAX
         };
         let blocks = Blocks::new(rg_rows, block);
-        let mut order: Vec<u32> = (0..blocks.len() as u32).collect();
-        let target = if shuffle {
-            SplitMix64::derive(seed, &[epoch, 0]).shuffle(&mut order);
-            shuffle_window.max(1) as u64
-        } else {
-            1
-        };
-        let mut windows = Vec::new();
-        let (mut first, mut start, mut rows) = (0usize, 0u64, 0u64);
-        for (i, &b) in order.iter().enumerate() {
-            rows += blocks.get(u64::from(b)).rows;
-            if rows >= target || i + 1 == order.len() {
-                windows.push(Window {
-                    start,
-                    rows,
-                    blocks: first..i + 1,
-                });
-                (first, start, rows) = (i + 1, start + rows, 0);
+        let nb = blocks.len() as usize;
+        let (order, bounds): (Vec<u32>, Vec<usize>) = if shuffle {
+            let n_w = (total.div_ceil(shuffle_window.max(1) as u64) as usize).clamp(1, nb.max(1));
+            // Stratum s = blocks [s*n_w, (s+1)*n_w): its blocks go to distinct windows, at random.
+            let mut window_of = vec![0u32; nb];
+            let mut slots: Vec<u32> = (0..n_w as u32).collect();
+            for (s, stratum) in window_of.chunks_mut(n_w).enumerate() {
+                SplitMix64::derive(seed, &[epoch, 0, s as u64]).shuffle(&mut slots);
+                stratum.copy_from_slice(&slots[..stratum.len()]);
             }
+            // Blocks grouped by window, each window's in storage order (its rows are permuted).
+            let mut bounds = vec![0usize; n_w + 1];
+            for &w in &window_of {
+                bounds[w as usize + 1] += 1;
+            }
+            for w in 0..n_w {
+                bounds[w + 1] += bounds[w];
+            }
+            let mut next = bounds.clone();
+            let mut order = vec![0u32; nb];
+            for (b, &w) in window_of.iter().enumerate() {
+                order[next[w as usize]] = b as u32;
+                next[w as usize] += 1;
+            }
+            (order, bounds)
+        } else {
+            ((0..nb as u32).collect(), (0..=nb).collect())
+        };
+        let mut windows = Vec::with_capacity(bounds.len().saturating_sub(1));
+        let mut start = 0;
+        for range in bounds.windows(2) {
+            let rows: u64 = order[range[0]..range[1]]
+                .iter()
+                .map(|&b| blocks.get(u64::from(b)).rows)
+                .sum();
+            windows.push(Window {
+                start,
+                rows,
+                blocks: range[0]..range[1],
+            });
+            start += rows;
         }
         EpochPlan {
             blocks,
@@ -502,15 +532,31 @@ mod tests {
         assert_eq!(plan.windows.iter().map(|w| w.rows).sum::<u64>(), 25);
         assert_eq!(plan.window_of(0), 0);
         assert_eq!(plan.window_of(24), plan.windows.len() - 1);
-        // 3 + 4 + 2 + 5 + 1 blocks of at most 2 rows, each used once.
+        // 3 + 4 + 2 + 5 + 1 blocks of at most 2 rows, each used once, dealt into ceil(25/8) = 4
+        // windows of 3 or 4 blocks.
         assert_eq!(plan.blocks.len(), 15);
-        let mut rows = plan.epoch_rows();
-        rows.sort_unstable();
-        assert_eq!(rows, (0..25).collect::<Vec<_>>());
+        assert_eq!(plan.windows.len(), 4);
         assert!(plan
             .windows
             .iter()
-            .all(|w| w.rows >= 8 || w.start + w.rows == 25));
+            .all(|w| (3..=4).contains(&w.blocks.len())));
+        let mut rows = plan.epoch_rows();
+        rows.sort_unstable();
+        assert_eq!(rows, (0..25).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn every_window_takes_one_block_from_each_run_of_consecutive_blocks() {
+        // 64 one-row blocks in 8 windows: window w holds exactly one of blocks 8s..8s+8 for all s.
+        let plan = EpochPlan::new(&[64], 5, 2, true, 8, 1);
+        assert_eq!(plan.windows.len(), 8);
+        for w in 0..8 {
+            let mut strata: Vec<u64> = plan.window_rows(w).iter().map(|r| r / 8).collect();
+            strata.sort_unstable();
+            assert_eq!(strata, (0..8).collect::<Vec<_>>(), "window {w}");
+        }
+        let other = EpochPlan::new(&[64], 5, 3, true, 8, 1);
+        assert_ne!(plan.epoch_rows(), other.epoch_rows(), "epochs differ");
     }
 
     #[test]
