@@ -4,7 +4,8 @@
 //! cargo run --release -p wave-data --example loader_bench -- \
 //!     --uri data/imdb --tokenizer bert-base-uncased --max-length 128 --batch 64 --threads 1 --seconds 10
 //! ```
-//! `--tokenizer ""` streams pre-tokenized `input_ids`. Prints one JSON line. Run by
+//! `--tokenizer ""` streams pre-tokenized `input_ids`; `--shuffle true` streams the training order
+//! (`--shuffle-window`, `--shuffle-block`: the `[data]` knobs). Prints one JSON line. Run by
 //! `bench/loader_bench.sh` side by side with `bench/loader_peer.py`.
 
 use std::sync::Arc;
@@ -31,6 +32,8 @@ fn main() -> Result<()> {
             "--threads" => cfg.tokenizer_threads = v.parse()?,
             "--seconds" => seconds = v.parse()?,
             "--shuffle" => cfg.shuffle = v.parse()?,
+            "--shuffle-window" => cfg.shuffle_window = v.parse()?,
+            "--shuffle-block" => cfg.shuffle_block = v.parse()?,
             "--split" => split = v,
             other => bail!("unknown flag {other}"),
         }
@@ -63,6 +66,7 @@ fn main() -> Result<()> {
         "{}",
         serde_json::json!({
             "impl": "rust", "uri": cfg.uri, "threads": cfg.tokenizer_threads, "shuffle": cfg.shuffle,
+            "shuffle_window": cfg.shuffle_window, "shuffle_block": cfg.shuffle_block,
             "max_length": cfg.max_length, "batch": cfg.batch_size, "samples": samples, "tokens": tokens,
             "seconds": s, "samples_per_s": samples as f64 / s, "tokens_per_s": tokens as f64 / s,
         })

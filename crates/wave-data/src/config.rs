@@ -32,9 +32,15 @@ pub struct DataConfig {
     /// Shuffle the training order (seeded; a pure function of seed, epoch and position).
     #[serde(default = "default_true")]
     pub shuffle: bool,
-    /// Rows shuffled together (a window of consecutive shuffled row groups), in samples.
+    /// Rows shuffled together in memory, at most (a window of blocks dealt from the whole split),
+    /// in samples.
     #[serde(default = "default_shuffle_window")]
     pub shuffle_window: usize,
+    /// Rows of the unit dealt into windows (consecutive rows of one row group), in samples. Each
+    /// window takes one block from every run of consecutive blocks, so it is a sample of the whole
+    /// split; see the `order` module for the measured batch statistics.
+    #[serde(default = "default_shuffle_block")]
+    pub shuffle_block: usize,
     /// Group similar lengths inside a shuffle window to cut padding.
     #[serde(default)]
     pub bucket_by_length: bool,
@@ -65,7 +71,10 @@ fn default_true() -> bool {
     true
 }
 fn default_shuffle_window() -> usize {
-    16384
+    32768
+}
+fn default_shuffle_block() -> usize {
+    32
 }
 fn default_prefetch() -> usize {
     4
@@ -84,6 +93,7 @@ impl DataConfig {
             tokenizer_threads: default_one(),
             shuffle: true,
             shuffle_window: default_shuffle_window(),
+            shuffle_block: default_shuffle_block(),
             bucket_by_length: false,
             prefetch_batches: default_prefetch(),
         }
@@ -106,6 +116,7 @@ impl DataConfig {
             ("data.batch_size", self.batch_size),
             ("data.tokenizer_threads", self.tokenizer_threads),
             ("data.shuffle_window", self.shuffle_window),
+            ("data.shuffle_block", self.shuffle_block),
             ("data.prefetch_batches", self.prefetch_batches),
         ] {
             if v == 0 {

@@ -1,6 +1,7 @@
 //! [`Dataset`]: an opened manifest plus its object store, and row-group reads with column projection.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use arrow_array::cast::AsArray;
@@ -9,6 +10,7 @@ use arrow_array::{Array, Int64Array, ListArray, RecordBatch, StringArray};
 use arrow_schema::DataType;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
+use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::ProjectionMask;
 use parquet::file::metadata::ParquetMetaData;
@@ -18,6 +20,10 @@ use crate::manifest::{
     sha256_hex, Manifest, Shard, IDS_COLUMN, LABEL_COLUMN, MANIFEST_FILE, TEXT_COLUMN,
 };
 use crate::store::{block_on, Location, ObjectReader};
+
+/// Row-group reads in flight at once: a shuffled window reads a few pages from each of hundreds of
+/// row groups, so latency (object stores) is hidden by concurrency, not by bigger reads.
+const READ_CONCURRENCY: usize = 16;
 
 /// An opened dataset: its manifest and the store it lives in. Cheap to clone.
 #[derive(Clone)]
@@ -55,12 +61,12 @@ pub struct Columns {
     pub ids: bool,
 }
 
-/// The decoded columns of one row group.
+/// The decoded columns of one row group (or of the rows of it that were asked for, in order).
 #[derive(Debug, Clone)]
 pub struct RowGroupData {
     /// URI of the shard (for messages).
     pub shard_uri: String,
-    /// Dataset row index of the first row.
+    /// Dataset row index of the row group's first row.
     pub first_row: u64,
     /// `text` column when read.
     pub text: Option<StringArray>,
@@ -239,7 +245,8 @@ impl Dataset {
         rg: RowGroupRef,
         cols: Columns,
     ) -> Result<RowGroupData> {
-        block_on(self.read_row_group_async(split, rg, cols))?
+        let all = 0..rg.rows;
+        block_on(self.read_row_group_async(split, rg, std::slice::from_ref(&all), cols))?
     }
 
     /// Read several row groups concurrently (blocking).
@@ -249,12 +256,29 @@ impl Dataset {
         rgs: &[RowGroupRef],
         cols: Columns,
     ) -> Result<Vec<RowGroupData>> {
+        let whole: Vec<(RowGroupRef, Vec<Range<u64>>)> = rgs
+            .iter()
+            .map(|rg| (*rg, std::iter::once(0..rg.rows).collect()))
+            .collect();
+        self.read_rows(split, &whole, cols)
+    }
+
+    /// Read some rows of several row groups concurrently (blocking). Each entry is a row group and
+    /// sorted, disjoint ranges of row offsets within it; the data returned holds exactly those rows,
+    /// in order. With the shard's offset index only the pages holding them are fetched and decoded.
+    pub fn read_rows(
+        &self,
+        split: &str,
+        reads: &[(RowGroupRef, Vec<Range<u64>>)],
+        cols: Columns,
+    ) -> Result<Vec<RowGroupData>> {
         block_on(async {
             futures::stream::iter(
-                rgs.iter()
-                    .map(|rg| self.read_row_group_async(split, *rg, cols)),
+                reads
+                    .iter()
+                    .map(|(rg, ranges)| self.read_row_group_async(split, *rg, ranges, cols)),
             )
-            .buffered(4)
+            .buffered(READ_CONCURRENCY)
             .try_collect::<Vec<_>>()
             .await
         })?
@@ -264,6 +288,7 @@ impl Dataset {
         &self,
         split: &str,
         rg: RowGroupRef,
+        ranges: &[Range<u64>],
         cols: Columns,
     ) -> Result<RowGroupData> {
         let shard = self.split(split)?.shards.get(rg.shard).ok_or_else(|| {
@@ -284,6 +309,18 @@ impl Dataset {
             uri: uri.clone(),
             source: e,
         };
+        let selected: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        if ranges.iter().any(|r| r.start > r.end || r.end > rg.rows)
+            || ranges.windows(2).any(|w| w[0].end > w[1].start)
+        {
+            return Err(Error::manifest(
+                &uri,
+                format!(
+                    "row group {}: rows {ranges:?} are not sorted, disjoint ranges of 0..{}",
+                    rg.row_group, rg.rows
+                ),
+            ));
+        }
         let builder = ParquetRecordBatchStreamBuilder::new(reader)
             .await
             .map_err(pq)?;
@@ -319,12 +356,25 @@ impl Dataset {
             roots.push(idx);
         }
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-        let stream = builder
+        let mut builder = builder
             .with_row_groups(vec![rg.row_group])
             .with_projection(mask)
-            .with_batch_size(rg.rows.max(1) as usize)
-            .build()
-            .map_err(pq)?;
+            .with_batch_size(selected.max(1) as usize);
+        if selected < rg.rows {
+            let mut selectors = Vec::with_capacity(2 * ranges.len() + 1);
+            let mut at = 0;
+            for r in ranges {
+                if r.start > at {
+                    selectors.push(RowSelector::skip((r.start - at) as usize));
+                }
+                if r.end > r.start {
+                    selectors.push(RowSelector::select((r.end - r.start) as usize));
+                }
+                at = r.end;
+            }
+            builder = builder.with_row_selection(RowSelection::from(selectors));
+        }
+        let stream = builder.build().map_err(pq)?;
         let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(pq)?;
         let batch = match batches.len() {
             1 => batches.into_iter().next(),
@@ -339,11 +389,11 @@ impl Dataset {
                 ),
             )
         })?;
-        if batch.num_rows() as u64 != rg.rows {
+        if batch.num_rows() as u64 != selected {
             return Err(Error::manifest(
                 &uri,
                 format!(
-                    "row group {} holds {} rows, manifest says {}",
+                    "row group {} gave {} rows where {selected} of its {} were asked for",
                     rg.row_group,
                     batch.num_rows(),
                     rg.rows

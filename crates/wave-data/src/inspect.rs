@@ -1,12 +1,45 @@
 //! `inspect`: a human-readable summary of a prepared dataset, sample rows, a token-length
-//! histogram, and optional shard checksum verification.
+//! histogram, the quality of the training order of a labelled split, and optional shard checksum
+//! verification.
 
 use std::fmt::Write as _;
 
+use crate::config::DataConfig;
 use crate::dataset::{Columns, Dataset};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::manifest::{IDS_COLUMN, LABEL_COLUMN, TEXT_COLUMN};
+use crate::order::{class_spread, EpochPlan};
 use crate::tokenize::TextEncoder;
+
+/// The training order whose class mix [`inspect`] reports (what the loader streams for these
+/// settings, at any world size; length bucketing aside).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderCheck {
+    /// Order seed (`train.seed`).
+    pub seed: u64,
+    /// Epoch.
+    pub epoch: u64,
+    /// Global batch size (`data.batch_size`).
+    pub global_batch: usize,
+    /// `data.shuffle_window`.
+    pub shuffle_window: usize,
+    /// `data.shuffle_block`.
+    pub shuffle_block: usize,
+}
+
+impl Default for OrderCheck {
+    /// Seed 0, epoch 0 and the `[data]` defaults.
+    fn default() -> Self {
+        let d = DataConfig::new("");
+        OrderCheck {
+            seed: 0,
+            epoch: 0,
+            global_batch: d.batch_size,
+            shuffle_window: d.shuffle_window,
+            shuffle_block: d.shuffle_block,
+        }
+    }
+}
 
 /// Options of [`inspect`].
 #[derive(Debug, Clone)]
@@ -23,10 +56,13 @@ pub struct InspectOptions {
     pub histogram_rows: usize,
     /// Recompute and check every shard's SHA-256.
     pub verify: bool,
+    /// Report the class mix of the training order of a labelled split (`None`: skip).
+    pub order: Option<OrderCheck>,
 }
 
 impl InspectOptions {
-    /// Defaults: 3 samples, 5000 histogram rows, no verification.
+    /// Defaults: 3 samples, 5000 histogram rows, the order report for the default shuffle, no
+    /// verification.
     pub fn new(uri: impl Into<String>) -> Self {
         InspectOptions {
             uri: uri.into(),
@@ -35,6 +71,7 @@ impl InspectOptions {
             tokenizer: None,
             histogram_rows: 5000,
             verify: false,
+            order: Some(OrderCheck::default()),
         }
     }
 }
@@ -159,12 +196,87 @@ pub fn inspect(opts: &InspectOptions) -> Result<String> {
     if !lengths.is_empty() {
         out.push_str(&histogram(&lengths, &split));
     }
+    if let (Some(check), Some(names)) = (&opts.order, &m.label_names) {
+        if cols.label {
+            out.push_str(&order_report(&ds, &split, names, check)?);
+        }
+    }
     if opts.verify {
         let checked = ds.verify()?;
         let _ = writeln!(
             out,
             "verified sha256 of {} shards: all match the manifest",
             checked.len()
+        );
+    }
+    Ok(out)
+}
+
+/// Class mix of the global batches of one epoch of `split` under `check`'s shuffle.
+fn order_report(ds: &Dataset, split: &str, names: &[String], check: &OrderCheck) -> Result<String> {
+    if check.global_batch == 0 || check.shuffle_window == 0 || check.shuffle_block == 0 {
+        return Err(Error::config(
+            "--batch-size/--shuffle-window/--shuffle-block",
+            "must be > 0",
+        ));
+    }
+    let rgs = ds.row_groups(split)?;
+    let only_labels = Columns {
+        text: false,
+        label: true,
+        ids: false,
+    };
+    let mut stored = Vec::new();
+    for d in ds.read_row_groups(split, &rgs, only_labels)? {
+        if let Some(l) = &d.label {
+            stored.extend_from_slice(l.values());
+        }
+    }
+    let rg_rows: Vec<u64> = rgs.iter().map(|r| r.rows).collect();
+    let plan = EpochPlan::new(
+        &rg_rows,
+        check.seed,
+        check.epoch,
+        true,
+        check.shuffle_window,
+        check.shuffle_block,
+    );
+    let labels: Vec<i64> = plan
+        .epoch_rows()
+        .into_iter()
+        .map(|r| stored.get(r as usize).copied().unwrap_or(-1))
+        .collect();
+    let s = class_spread(&labels, names.len(), check.global_batch);
+    let mut out = format!(
+        "training order of {split} (seed {}, epoch {}, global batch {}, shuffle_window {}, shuffle_block {}):\n",
+        check.seed, check.epoch, check.global_batch, check.shuffle_window, check.shuffle_block
+    );
+    if s.batches == 0 {
+        let _ = writeln!(out, "  no full batch of {} rows", check.global_batch);
+        return Ok(out);
+    }
+    let _ = writeln!(
+        out,
+        "  per-batch class-fraction std {:.4} (root mean square over classes) vs {:.4} for an i.i.d. shuffle: {:.2}x, over {} full batches",
+        s.std,
+        s.iid,
+        s.std / s.iid.max(f64::MIN_POSITIVE),
+        s.batches
+    );
+    if let Some((i, counts)) = &s.worst {
+        let b = check.global_batch as u64;
+        let mix: Vec<String> = names
+            .iter()
+            .zip(counts)
+            .zip(&s.fractions)
+            .map(|((n, k), p)| format!("{n} {k} (expected {:.1})", p * b as f64))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  worst batch {i} (positions {}..{}): {}",
+            *i as u64 * b,
+            (*i as u64 + 1) * b,
+            mix.join(", ")
         );
     }
     Ok(out)

@@ -9,14 +9,18 @@
 //!
 //! ## Pipeline
 //! 1. [`fetch()`]: official archive → local file, verified against `datasets/<name>/recipe.toml`.
-//! 2. [`prepare()`]: AG News / aclImdb archives, JSON Lines, text or Parquet → shards with columns
-//!    `text` (utf8), `label` (int64, labelled data) and optionally `input_ids` (`list<int32>`,
-//!    pre-tokenized or packed), plus a [`Manifest`] written last (deterministic and atomic).
+//! 2. [`prepare()`]: AG News / aclImdb archives, JSON Lines, text or Parquet (files or globs, any
+//!    size: streamed, with an external shuffle on local disk) → shards with columns `text` (utf8),
+//!    `label` (int64, labelled data) and optionally `input_ids` (`list<int32>`, pre-tokenized or
+//!    packed), rows in a seeded random order, plus a [`Manifest`] written last (deterministic and
+//!    atomic). See the `prepare` module for the guarantees.
 //! 3. [`Dataset::open`] + [`Loader`]: stream one split for one rank.
 //!
 //! ## Order and resumption (see [`order`])
-//! The order is a pure function of `(seed, epoch, global position)`: row groups are permuted, then
-//! rows are permuted inside windows of about `shuffle_window` rows. Global batch `k` is positions
+//! The order is a pure function of `(seed, epoch, global position)`: blocks of `shuffle_block` rows
+//! are permuted over the whole split, then rows are permuted inside windows of about
+//! `shuffle_window` rows, so even a split stored sorted by class gives batches close to an i.i.d.
+//! shuffle ([`inspect()`] reports how close for a labelled split). Global batch `k` is positions
 //! `[k*B, (k+1)*B)`; rank `r` of `W` takes `[r*B/W, (r+1)*B/W)`. The last partial global batch of `R`
 //! samples gives every rank `floor(R/W)` samples (dropping at most `W-1`) unless `pad_remainder`
 //! pads it with ignored rows. A [`Cursor`] is `(epoch, global samples consumed)`, so a run saved at
@@ -58,20 +62,22 @@ mod loader;
 pub mod manifest;
 pub mod order;
 mod prepare;
+mod shuffle;
 pub mod sources;
 pub mod store;
 mod tokenize;
 mod train_tokenizer;
+mod writer;
 
 pub use config::DataConfig;
 pub use dataset::{Columns, Dataset, RowGroupData, RowGroupRef};
 pub use error::{Error, Result};
 pub use fetch::{fetch, recipe, verify_archive, FetchReport, Recipe, MIRROR_ENV};
-pub use inspect::{inspect, InspectOptions};
+pub use inspect::{inspect, InspectOptions, OrderCheck};
 pub use loader::{Batch, Cursor, Fetched, Loader, LoaderOptions, CURSOR_VERSION, IGNORE_LABEL};
 pub use manifest::Manifest;
 pub use order::batches_per_epoch;
-pub use prepare::{prepare, stratified_split, PrepareOptions, PrepareReport};
-pub use sources::{InputFormat, SourceOptions, TextUnit};
+pub use prepare::{prepare, PrepareOptions, PrepareReport, PAGE_ROWS};
+pub use sources::{InputFormat, SourceOptions, TextUnit, MAX_CLASSES};
 pub use tokenize::{resolve_tokenizer, tokenizer_home, TextEncoder};
 pub use train_tokenizer::{train_tokenizer, TokenizerKind, TrainTokenizerOptions, SPECIAL_TOKENS};

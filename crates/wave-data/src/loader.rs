@@ -1,9 +1,12 @@
 //! The streaming [`Loader`]: rank-sliced, resumable batches prepared by a background thread.
 //!
 //! Order and slicing are the pure functions of [`crate::order`]; this module only carries them out:
-//! it reads the row groups a batch touches (whole shuffle windows stay cached until passed), takes
-//! this rank's rows, tokenizes them (or uses pre-tokenized `input_ids`), truncates to `max_length`
-//! and pads to the longest row of the batch.
+//! when a batch first touches a shuffle window it reads the whole window (the rows of its blocks,
+//! one concurrent read per row group, only their pages), keeps it until a later batch has passed
+//! it, takes this rank's rows, tokenizes them (or uses pre-tokenized `input_ids`), truncates to
+//! `max_length` and pads to the longest row of the batch. Every rank reads whole windows, so the
+//! I/O per rank is that of the window, not of its slice (the price of a world-size independent
+//! order; a window is 32,768 rows by default).
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
@@ -19,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{IDS_COLUMN, LABEL_COLUMN, TEXT_COLUMN};
 use crate::order::{
     batches_per_epoch, batches_per_epoch_padded, bucket_by_length, rank_slice, window_permutation,
-    EpochPlan,
+    BlockRef, EpochPlan,
 };
 use crate::tokenize::{encode_pool, TextEncoder};
 
@@ -45,6 +48,8 @@ pub struct LoaderOptions {
     pub shuffle: bool,
     /// Rows shuffled together.
     pub shuffle_window: usize,
+    /// Rows of the unit permuted over the whole split.
+    pub shuffle_block: usize,
     /// Group similar lengths inside a window.
     pub bucket_by_length: bool,
     /// Tokens per row including special tokens.
@@ -70,6 +75,7 @@ impl LoaderOptions {
             seed,
             shuffle: cfg.shuffle,
             shuffle_window: cfg.shuffle_window,
+            shuffle_block: cfg.shuffle_block,
             bucket_by_length: cfg.bucket_by_length,
             max_length: cfg.max_length,
             epochs: None,
@@ -119,6 +125,12 @@ impl LoaderOptions {
         }
         if self.prefetch_batches == 0 {
             return Err(Error::config("data.prefetch_batches", "must be > 0"));
+        }
+        if self.shuffle_window == 0 || self.shuffle_block == 0 {
+            return Err(Error::config(
+                "data.shuffle_window/data.shuffle_block",
+                "must be > 0",
+            ));
         }
         Ok(())
     }
@@ -390,11 +402,25 @@ impl Drop for Loader {
     }
 }
 
-/// Per-window state: row permutation, row-group row offsets, decoded row groups (lazily read).
+/// One window, read: its row permutation and the decoded rows of its blocks.
 struct WindowState {
     perm: Vec<u32>,
+    /// Window-local first row of each block (window order).
     starts: Vec<u64>,
-    data: Vec<Option<RowGroupData>>,
+    /// Per block: (chunk, index of its first row in the chunk, dataset row of its first row).
+    at: Vec<(usize, usize, u64)>,
+    /// One chunk per row group the window touches: the rows of its blocks, in row order.
+    chunks: Vec<RowGroupData>,
+}
+
+impl WindowState {
+    /// (chunk, row in chunk, dataset row) of window-local row `r`.
+    fn locate(&self, r: u64) -> (usize, usize, u64) {
+        let k = self.starts.partition_point(|&s| s <= r) - 1;
+        let (chunk, first, row) = self.at[k];
+        let off = r - self.starts[k];
+        (chunk, first + off as usize, row + off)
+    }
 }
 
 struct Producer {
@@ -477,73 +503,76 @@ impl Producer {
                 epoch,
                 self.opts.shuffle,
                 self.opts.shuffle_window,
+                self.opts.shuffle_block,
             ));
             self.windows.clear();
         }
     }
 
-    /// Make sure window `w` has its permutation and, for the given window-local row groups, data.
-    fn load_window(&mut self, w: usize, needed: &[usize]) -> Result<()> {
+    /// Read window `w` of the current plan: the rows of all its blocks, one read per row group
+    /// touched (its blocks' row ranges), all row groups concurrently.
+    fn load_window(&mut self, w: usize) -> Result<()> {
         let Some(plan) = self.plan.as_ref() else {
-            return Ok(());
+            return Err(Error::LoaderStopped {
+                split: self.opts.split.clone(),
+            });
         };
-        let window = plan.windows[w].clone();
-        if !self.windows.contains_key(&w) {
-            let mut starts = Vec::with_capacity(window.row_groups.len());
-            let mut acc = 0;
-            for &g in &window.row_groups {
-                starts.push(acc);
-                acc += self.rgs[g].rows;
-            }
-            let mut state = WindowState {
-                perm: window_permutation(plan, w),
-                starts,
-                data: vec![None; window.row_groups.len()],
-            };
-            if self.opts.bucket_by_length {
-                let refs: Vec<RowGroupRef> =
-                    window.row_groups.iter().map(|&g| self.rgs[g]).collect();
-                let data = self
-                    .ds
-                    .read_row_groups(&self.opts.split, &refs, self.cols)?;
-                let lengths: Vec<usize> = data
-                    .iter()
-                    .zip(&refs)
-                    .flat_map(|(d, r)| (0..r.rows as usize).map(move |i| d.length_of(i)))
-                    .collect();
-                bucket_by_length(
-                    &mut state.perm,
-                    &lengths,
-                    window.start,
-                    self.opts.global_batch,
-                    plan.seed,
-                    plan.epoch,
-                    w,
-                );
-                state.data = data.into_iter().map(Some).collect();
-            }
-            self.windows.insert(w, state);
+        let blocks: Vec<BlockRef> = plan.window_blocks(w).collect();
+        // Row group → its blocks (window index, offset, rows), in row order.
+        let mut by_rg: BTreeMap<usize, Vec<(usize, u64, u64)>> = BTreeMap::new();
+        for (k, b) in blocks.iter().enumerate() {
+            by_rg
+                .entry(b.row_group)
+                .or_default()
+                .push((k, b.offset, b.rows));
         }
-        let Some(state) = self.windows.get_mut(&w) else {
-            return Ok(());
+        let mut at = vec![(0usize, 0usize, 0u64); blocks.len()];
+        let mut reads = Vec::with_capacity(by_rg.len());
+        for (chunk, (g, mut parts)) in by_rg.into_iter().enumerate() {
+            parts.sort_unstable_by_key(|&(_, offset, _)| offset);
+            let mut ranges: Vec<std::ops::Range<u64>> = Vec::new();
+            let mut in_chunk = 0usize;
+            for (k, offset, rows) in parts {
+                at[k] = (chunk, in_chunk, blocks[k].first_row);
+                in_chunk += rows as usize;
+                match ranges.last_mut() {
+                    Some(r) if r.end == offset => r.end += rows,
+                    _ => ranges.push(offset..offset + rows),
+                }
+            }
+            reads.push((self.rgs[g], ranges));
+        }
+        let mut starts = Vec::with_capacity(blocks.len());
+        let mut acc = 0;
+        for b in &blocks {
+            starts.push(acc);
+            acc += b.rows;
+        }
+        let chunks = self.ds.read_rows(&self.opts.split, &reads, self.cols)?;
+        let mut state = WindowState {
+            perm: window_permutation(plan, w),
+            starts,
+            at,
+            chunks,
         };
-        let missing: Vec<usize> = needed
-            .iter()
-            .copied()
-            .filter(|&k| state.data[k].is_none())
-            .collect();
-        if !missing.is_empty() {
-            let refs: Vec<RowGroupRef> = missing
-                .iter()
-                .map(|&k| self.rgs[window.row_groups[k]])
+        if self.opts.bucket_by_length {
+            let lengths: Vec<usize> = (0..acc)
+                .map(|r| {
+                    let (c, i, _) = state.locate(r);
+                    state.chunks[c].length_of(i)
+                })
                 .collect();
-            let data = self
-                .ds
-                .read_row_groups(&self.opts.split, &refs, self.cols)?;
-            for (k, d) in missing.into_iter().zip(data) {
-                state.data[k] = Some(d);
-            }
+            bucket_by_length(
+                &mut state.perm,
+                &lengths,
+                plan.windows[w].start,
+                self.opts.global_batch,
+                plan.seed,
+                plan.epoch,
+                w,
+            );
         }
+        self.windows.insert(w, state);
         Ok(())
     }
 
@@ -554,10 +583,9 @@ impl Producer {
         positions: std::ops::Range<u64>,
         pad_rows: usize,
     ) -> Result<Batch> {
-        // (window, window-local row group, offset in it) for every position.
-        let mut locs = Vec::with_capacity((positions.end - positions.start) as usize);
-        let mut by_window: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         self.ensure_plan(epoch);
+        // (window, chunk, row in chunk, dataset row) for every position.
+        let mut locs = Vec::with_capacity((positions.end - positions.start) as usize);
         for p in positions.clone() {
             let (w, local) = match self.plan.as_ref() {
                 Some(plan) => {
@@ -571,31 +599,20 @@ impl Producer {
                 }
             };
             if !self.windows.contains_key(&w) {
-                self.load_window(w, &[])?;
+                self.load_window(w)?;
             }
             let state = &self.windows[&w];
-            let row = u64::from(state.perm[local as usize]);
-            let k = state.starts.partition_point(|&s| s <= row) - 1;
-            locs.push((w, k, (row - state.starts[k]) as usize));
-            by_window.entry(w).or_default().push(k);
+            let (c, i, row) = state.locate(u64::from(state.perm[local as usize]));
+            locs.push((w, c, i, row));
         }
-        for (w, mut ks) in by_window {
-            ks.sort_unstable();
-            ks.dedup();
-            self.load_window(w, &ks)?;
-        }
-        if let Some(&(first_w, _, _)) = locs.first() {
+        // Windows before this batch's first are done with.
+        if let Some(&(first_w, ..)) = locs.first() {
             self.windows.retain(|&w, _| w >= first_w);
         }
         let mut texts: Vec<&str> = Vec::new();
         let mut rows: Vec<Row> = Vec::with_capacity(locs.len() + pad_rows);
-        for &(w, k, off) in &locs {
-            let d = self.windows[&w].data[k]
-                .as_ref()
-                .ok_or_else(|| Error::LoaderStopped {
-                    split: self.opts.split.clone(),
-                })?;
-            let position = d.first_row + off as u64;
+        for &(w, c, off, position) in &locs {
+            let d = &self.windows[&w].chunks[c];
             let label = match &d.label {
                 Some(l) => {
                     let v = l.value(off);

@@ -113,8 +113,12 @@ pub struct TokenizerInfo {
 pub struct PrepareInfo {
     /// Input format (`agnews`, `imdb`, `jsonl`, `text`, `parquet`).
     pub format: String,
-    /// Seed of the train/validation split.
+    /// Seed of the row shuffle and of the train/validation split.
     pub seed: u64,
+    /// Rows were written in a seeded random order (false: in source order, `--keep-order`, and
+    /// every dataset prepared before the shuffle existed).
+    #[serde(default)]
+    pub shuffled: bool,
     /// Fraction of train moved to validation (0 when the source had a validation split).
     pub validation_fraction: f64,
     /// Rows per row group.

@@ -1,20 +1,31 @@
-//! Raw inputs → records: the AG News CSV archive, the aclImdb tarball, JSON Lines, plain text and
-//! Parquet (Hugging Face export layout). Every reader names the file (or archive member) and the
-//! row in its errors.
+//! Raw inputs → a stream of records: the AG News CSV archive, the aclImdb tarball, JSON Lines, plain
+//! text and Parquet (Hugging Face export layout).
+//!
+//! [`read_sources`] hands every record to a callback as soon as it is parsed, so a corpus of any size
+//! is read with the memory of one record (JSON Lines, text, Parquet batches of 1,024 rows). The two
+//! fixed-size archives are the exception: AG News' CSVs (~30 MB) are read whole, and IMDB's reviews
+//! are collected and emitted in (split, label, id) order so that the record order does not depend on
+//! the archive's member order. Every input's SHA-256 is computed while it is read. Every reader names
+//! the file (or archive member) and the row in its errors.
 
-use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int16Type, Int32Type, Int64Type, Int8Type};
 use arrow_array::Array;
 use arrow_schema::DataType;
-use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::manifest::{sha256_hex, SourceFile};
+use crate::manifest::SourceFile;
+
+/// Most classes a labelled data set may have. Integer labels are class indices, so they must lie in
+/// `0..MAX_CLASSES`; string labels may be anything, but at most this many distinct ones. (The bound
+/// keeps per-class tables and the classifier head a sane size; a label beyond it is an input error.)
+pub const MAX_CLASSES: usize = 65_536;
 
 /// Supported input formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +78,10 @@ impl InputFormat {
             _ => None,
         }
     }
+
+    fn is_archive(self) -> bool {
+        matches!(self, InputFormat::AgNews | InputFormat::Imdb)
+    }
 }
 
 /// What counts as one sample in plain text.
@@ -78,22 +93,14 @@ pub enum TextUnit {
     Paragraph,
 }
 
-/// One sample.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    /// Text (never empty).
-    pub text: String,
-    /// Class label, `0..label_names.len()`.
-    pub label: Option<i64>,
-}
-
 /// How to read the inputs.
 #[derive(Debug, Clone)]
 pub struct SourceOptions {
     /// Format of every input.
     pub format: InputFormat,
-    /// Inputs: `PATH` or `SPLIT=PATH` (non-archive formats; default split `train`, Parquet files
-    /// named `train-*`, `test-*`, `validation-*` go to that split).
+    /// Inputs: `PATH` or `SPLIT=PATH`, where PATH may be a glob pattern (`corpus/*.jsonl.gz`,
+    /// expanded in sorted order). Non-archive formats: default split `train`; Parquet files named
+    /// `train-*`, `test-*`, `validation-*` go to that split.
     pub inputs: Vec<String>,
     /// JSON / Parquet field holding the text.
     pub text_field: String,
@@ -101,19 +108,52 @@ pub struct SourceOptions {
     pub label_field: Option<String>,
     /// Plain-text sample unit.
     pub text_unit: TextUnit,
-    /// Keep at most this many rows per split (smoke tests).
+    /// Keep at most this many rows per split, in source order (smoke tests).
     pub max_rows: Option<usize>,
 }
 
-/// Everything read from the inputs.
+/// A label as found in the input, before class indices are assigned (see [`crate::prepare`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RawLabel {
+    /// An integer label: a class index in `0..MAX_CLASSES` (checked when read).
+    Int(i64),
+    /// A string label: a class name.
+    Str(String),
+}
+
+impl std::fmt::Display for RawLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RawLabel::Int(i) => write!(f, "{i}"),
+            RawLabel::Str(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+/// One sample, as handed to the callback of [`read_sources`].
+#[derive(Debug)]
+pub struct SourceRecord<'a> {
+    /// Split it belongs to in the source (`train`, `test`, ...).
+    pub split: &'a str,
+    /// Input file or archive member (for messages).
+    pub source: &'a str,
+    /// 1-based line, CSV record or Parquet row in `source`.
+    pub row: u64,
+    /// Text (never blank).
+    pub text: String,
+    /// Label as found, when labelled.
+    pub label: Option<RawLabel>,
+}
+
+/// What [`read_sources`] learnt besides the records.
 #[derive(Debug, Clone, Default)]
-pub struct SourceData {
-    /// Records per split, in a deterministic source order.
-    pub splits: BTreeMap<String, Vec<Record>>,
-    /// Class names when labelled.
-    pub label_names: Option<Vec<String>>,
-    /// Input files with checksums.
+pub struct SourceSummary {
+    /// Input files with sizes and checksums, in reading order.
     pub files: Vec<SourceFile>,
+    /// Every split an input was assigned to (even if it held no record).
+    pub splits: BTreeSet<String>,
+    /// Class names given by the source (archive class lists, Hugging Face `ClassLabel` metadata).
+    pub label_names: Option<Vec<String>>,
     /// Display name of the (single) archive for messages, or the list of inputs.
     pub origin: String,
 }
@@ -125,38 +165,130 @@ fn file_name(path: &Path) -> String {
     )
 }
 
-/// Read a local input file and record its checksum.
-fn read_input(path: &Path, files: &mut Vec<SourceFile>) -> Result<Bytes> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    files.push(SourceFile {
-        name: file_name(path),
-        bytes: bytes.len() as u64,
-        sha256: sha256_hex(&bytes),
-    });
-    Ok(Bytes::from(bytes))
+/// A reader that hashes and counts what passes through it, so an input's checksum costs no extra
+/// read. [`Hashed::finish`] drains what the consumer left (e.g. the padding after a tar's end).
+struct Hashed<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
 }
 
-fn gunzip_if(name: &str, bytes: Bytes) -> Result<Bytes> {
-    if !name.ends_with(".gz") {
-        return Ok(bytes);
+impl<R: Read> Read for Hashed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
     }
-    let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(&bytes[..])
-        .read_to_end(&mut out)
-        .map_err(|e| Error::bad_input(name, None, format!("not valid gzip: {e}")))?;
-    Ok(Bytes::from(out))
 }
 
-/// Iterate the members of a `.tar.gz` in memory, calling `f(member path, bytes)`.
+/// An input file opened for hashing while it is read.
+struct Input {
+    path: PathBuf,
+    name: String,
+    reader: Hashed<std::fs::File>,
+}
+
+impl Input {
+    fn open(path: &Path) -> Result<Input> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        Ok(Input {
+            path: path.to_path_buf(),
+            name: file_name(path),
+            reader: Hashed {
+                inner: file,
+                hasher: Sha256::new(),
+                bytes: 0,
+            },
+        })
+    }
+
+    /// Read what is left, and record the file.
+    fn finish(mut self, files: &mut Vec<SourceFile>) -> Result<()> {
+        std::io::copy(&mut self.reader, &mut std::io::sink())
+            .map_err(|e| Error::io(&self.path, e))?;
+        files.push(SourceFile {
+            name: self.name,
+            bytes: self.reader.bytes,
+            sha256: hex::encode(self.reader.hasher.finalize()),
+        });
+        Ok(())
+    }
+}
+
+/// Lines of a (possibly gzip-compressed) file, one at a time, with their 1-based numbers.
+struct Lines<'a> {
+    reader: Box<dyn BufRead + 'a>,
+    gz: bool,
+    name: &'a str,
+    path: &'a Path,
+    row: u64,
+    buf: Vec<u8>,
+}
+
+impl<'a> Lines<'a> {
+    fn new(input: &'a mut Input) -> Lines<'a> {
+        let gz = input.name.ends_with(".gz");
+        let reader: Box<dyn BufRead + 'a> = if gz {
+            Box::new(BufReader::with_capacity(
+                1 << 16,
+                flate2::read::MultiGzDecoder::new(&mut input.reader),
+            ))
+        } else {
+            Box::new(BufReader::with_capacity(1 << 16, &mut input.reader))
+        };
+        Lines {
+            reader,
+            gz,
+            name: &input.name,
+            path: &input.path,
+            row: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next line (without its `\n`), checked to be UTF-8; `None` at the end.
+    fn next_line(&mut self) -> Result<Option<(u64, &str)>> {
+        self.buf.clear();
+        let n = match self.reader.read_until(b'\n', &mut self.buf) {
+            Ok(n) => n,
+            Err(e) if self.gz => {
+                return Err(Error::bad_input(
+                    self.name,
+                    None,
+                    format!("not valid gzip: {e}"),
+                ))
+            }
+            Err(e) => return Err(Error::io(self.path, e)),
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        self.row += 1;
+        if self.buf.last() == Some(&b'\n') {
+            self.buf.pop();
+        }
+        let line = std::str::from_utf8(&self.buf).map_err(|e| {
+            Error::bad_input(
+                self.name,
+                Some(self.row),
+                format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+            )
+        })?;
+        Ok(Some((self.row, line)))
+    }
+}
+
+/// Iterate the members of a `.tar.gz`, calling `f(member path, bytes)`.
 fn for_each_member(
-    name: &str,
-    archive: &[u8],
+    input: &mut Input,
     mut f: impl FnMut(&str, Vec<u8>) -> Result<()>,
 ) -> Result<()> {
+    let name = input.name.clone();
     let bad = |e: std::io::Error| {
-        Error::bad_input(name, None, format!("not a readable .tar.gz archive: {e}"))
+        Error::bad_input(&name, None, format!("not a readable .tar.gz archive: {e}"))
     };
-    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(&mut input.reader));
     for entry in ar.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
         if !entry.header().entry_type().is_file() {
@@ -190,6 +322,21 @@ fn check_text(text: &str, source: &str, row: u64) -> Result<()> {
         return Err(Error::bad_input(source, Some(row), "empty text"));
     }
     Ok(())
+}
+
+/// An integer label must be a class index in `0..MAX_CLASSES`.
+fn int_label(value: i64, source: &str, row: u64) -> Result<RawLabel> {
+    if value < 0 || value >= MAX_CLASSES as i64 {
+        return Err(Error::bad_input(
+            source,
+            Some(row),
+            format!(
+                "label {value} is not a class index in 0..{MAX_CLASSES} (integer labels number the \
+                 classes from 0; give other identifiers as string labels)"
+            ),
+        ));
+    }
+    Ok(RawLabel::Int(value))
 }
 
 /// Undo AG News' escapes: `\$` → `$`, `\\` → paragraph break, a lone `\` → line break, and the
@@ -235,12 +382,13 @@ pub fn agnews_unescape(s: &str) -> String {
     out
 }
 
-fn read_agnews(path: &Path, data: &mut SourceData) -> Result<()> {
-    let name = file_name(path);
-    let bytes = read_input(path, &mut data.files)?;
+type Sink<'s> = dyn FnMut(SourceRecord<'_>) -> Result<()> + 's;
+
+fn read_agnews(input: &mut Input, summary: &mut SourceSummary, f: &mut Sink<'_>) -> Result<()> {
+    let name = input.name.clone();
     let mut classes: Option<Vec<String>> = None;
     let mut csvs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    for_each_member(&name, &bytes, |member, buf| {
+    for_each_member(input, |member, buf| {
         match member.rsplit('/').next() {
             Some("classes.txt") => {
                 let s = utf8(buf, member, None)?;
@@ -262,12 +410,12 @@ fn read_agnews(path: &Path, data: &mut SourceData) -> Result<()> {
     let names = classes
         .ok_or_else(|| Error::bad_input(&name, None, "archive has no ag_news_csv/classes.txt"))?;
     for (split, buf) in csvs {
+        summary.splits.insert(split.clone());
         let member = format!("{name}:ag_news_csv/{split}.csv");
         let mut rdr = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
             .from_reader(&buf[..]);
-        let mut recs = Vec::new();
         for (i, rec) in rdr.byte_records().enumerate() {
             let row = i as u64 + 1;
             let rec = rec
@@ -308,23 +456,25 @@ fn read_agnews(path: &Path, data: &mut SourceData) -> Result<()> {
             .trim()
             .to_string();
             check_text(&text, &member, row)?;
-            recs.push(Record {
+            f(SourceRecord {
+                split: &split,
+                source: &member,
+                row,
                 text,
-                label: Some(label),
-            });
+                label: Some(RawLabel::Int(label)),
+            })?;
         }
-        data.splits.insert(split, recs);
     }
-    data.label_names = Some(names);
+    summary.label_names = Some(names);
     Ok(())
 }
 
-fn read_imdb(path: &Path, data: &mut SourceData) -> Result<()> {
-    let name = file_name(path);
-    let bytes = read_input(path, &mut data.files)?;
-    // (split, label, id) → text, so the order does not depend on the archive's member order.
-    let mut rows: BTreeMap<(String, i64, u64), String> = BTreeMap::new();
-    for_each_member(&name, &bytes, |member, buf| {
+fn read_imdb(input: &mut Input, summary: &mut SourceSummary, f: &mut Sink<'_>) -> Result<()> {
+    let name = input.name.clone();
+    // (split, label, id) → (member, text): the archive holds at most 50,000 reviews, and this order
+    // keeps the records independent of the archive's member order.
+    let mut rows: BTreeMap<(String, i64, u64), (String, String)> = BTreeMap::new();
+    for_each_member(input, |member, buf| {
         let parts: Vec<&str> = member.split('/').collect();
         let [_, split @ ("train" | "test"), class @ ("pos" | "neg"), file] = parts[..] else {
             return Ok(());
@@ -332,183 +482,142 @@ fn read_imdb(path: &Path, data: &mut SourceData) -> Result<()> {
         let Some(stem) = file.strip_suffix(".txt") else {
             return Ok(());
         };
+        let source = format!("{name}:{member}");
         let id: u64 = stem
             .split('_')
             .next()
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| {
-                Error::bad_input(
-                    format!("{name}:{member}"),
-                    None,
-                    "file name is not <id>_<rating>.txt",
-                )
-            })?;
-        let text = utf8(buf, &format!("{name}:{member}"), None)?
+            .ok_or_else(|| Error::bad_input(&source, None, "file name is not <id>_<rating>.txt"))?;
+        let text = utf8(buf, &source, None)?
             .replace("<br />", "\n")
             .trim()
             .to_string();
-        check_text(&text, &format!("{name}:{member}"), 1)?;
-        rows.insert((split.to_string(), i64::from(class == "pos"), id), text);
+        check_text(&text, &source, 1)?;
+        rows.insert(
+            (split.to_string(), i64::from(class == "pos"), id),
+            (source, text),
+        );
         Ok(())
     })?;
-    for ((split, label, _), text) in rows {
-        data.splits.entry(split).or_default().push(Record {
+    for ((split, label, _), (source, text)) in rows {
+        summary.splits.insert(split.clone());
+        f(SourceRecord {
+            split: &split,
+            source: &source,
+            row: 1,
             text,
-            label: Some(label),
-        });
+            label: Some(RawLabel::Int(label)),
+        })?;
     }
-    data.label_names = Some(vec!["neg".into(), "pos".into()]);
-    Ok(())
-}
-
-/// A label as found in JSON / Parquet, before names are assigned.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum RawLabel {
-    Int(i64),
-    Str(String),
-}
-
-/// Records with raw labels, per split, and where each came from (for messages).
-type RawSplits = BTreeMap<String, Vec<(String, RawLabelled)>>;
-type RawLabelled = (String, Option<RawLabel>, u64);
-
-/// Turn raw labels into `0..n` with names: strings → sorted unique names; integers → `"0".."max"`.
-fn assign_labels(
-    raw: RawSplits,
-    given_names: Option<Vec<String>>,
-    data: &mut SourceData,
-) -> Result<()> {
-    let all: Vec<&RawLabel> = raw
-        .values()
-        .flatten()
-        .filter_map(|(_, (_, l, _))| l.as_ref())
-        .collect();
-    let count = raw.values().flatten().count();
-    let labelled = !all.is_empty();
-    if labelled && all.len() != count {
-        let (src, (_, _, row)) = raw
-            .values()
-            .flatten()
-            .find(|(_, (_, l, _))| l.is_none())
-            .map(|(s, r)| (s.clone(), r.clone()))
-            .unwrap_or_default();
-        return Err(Error::bad_input(
-            src,
-            Some(row),
-            "label missing (other rows have one)",
-        ));
-    }
-    let strings: Vec<String> = {
-        let mut s: Vec<String> = all
-            .iter()
-            .filter_map(|l| {
-                if let RawLabel::Str(s) = l {
-                    Some(s.clone())
-                } else {
-                    None
-                }
-            })
-            .collect();
-        s.sort();
-        s.dedup();
-        s
-    };
-    if !strings.is_empty()
-        && strings.len() != all.len()
-        && all.iter().any(|l| matches!(l, RawLabel::Int(_)))
-    {
-        return Err(Error::bad_input(
-            data.origin.clone(),
-            None,
-            "labels mix numbers and strings",
-        ));
-    }
-    let names = if !strings.is_empty() {
-        Some(strings.clone())
-    } else if labelled {
-        given_names.or_else(|| {
-            let max = all
-                .iter()
-                .filter_map(|l| {
-                    if let RawLabel::Int(i) = l {
-                        Some(*i)
-                    } else {
-                        None
-                    }
-                })
-                .max()
-                .unwrap_or(0);
-            Some((0..=max.max(0)).map(|i| i.to_string()).collect())
-        })
-    } else {
-        None
-    };
-    for (split, recs) in raw {
-        let mut out = Vec::with_capacity(recs.len());
-        for (src, (text, label, row)) in recs {
-            let label = match (label, &names) {
-                (Some(RawLabel::Str(s)), _) => strings.binary_search(&s).ok().map(|i| i as i64),
-                (Some(RawLabel::Int(i)), Some(n)) => {
-                    if i < 0 || i as usize >= n.len() {
-                        return Err(Error::LabelOutOfRange {
-                            uri: src,
-                            row,
-                            label: i,
-                            num_classes: n.len(),
-                        });
-                    }
-                    Some(i)
-                }
-                _ => None,
-            };
-            out.push(Record { text, label });
-        }
-        data.splits.entry(split).or_default().extend(out);
-    }
-    data.label_names = names;
+    summary.label_names = Some(vec!["neg".into(), "pos".into()]);
     Ok(())
 }
 
 /// `SPLIT=PATH` or `PATH` → (split, path).
-fn split_and_path(input: &str, format: InputFormat) -> (String, &Path) {
+fn split_and_path(input: &str) -> (String, &str) {
     if let Some((split, path)) = input.split_once('=') {
         if !split.is_empty() && !split.contains('/') {
-            return (split.to_string(), Path::new(path));
+            return (split.to_string(), path);
         }
     }
-    let path = Path::new(input);
-    if format == InputFormat::Parquet {
-        let stem = file_name(path);
-        for (prefix, split) in [
-            ("train", "train"),
-            ("test", "test"),
-            ("validation", "validation"),
-            ("valid", "validation"),
-        ] {
-            if stem.starts_with(&format!("{prefix}-")) || stem.starts_with(&format!("{prefix}.")) {
-                return (split.to_string(), path);
+    ("train".to_string(), input)
+}
+
+/// The split of a Parquet export from its file name (`train-00000-of-00001.parquet`).
+fn parquet_split(path: &Path) -> Option<&'static str> {
+    let stem = file_name(path);
+    [
+        ("train", "train"),
+        ("test", "test"),
+        ("validation", "validation"),
+        ("valid", "validation"),
+    ]
+    .into_iter()
+    .find(|(prefix, _)| {
+        stem.starts_with(&format!("{prefix}-")) || stem.starts_with(&format!("{prefix}."))
+    })
+    .map(|(_, split)| split)
+}
+
+/// Inputs → (split, file) in reading order, glob patterns expanded (sorted). A pattern that matches
+/// no file is an error naming it.
+pub fn expand_inputs(opts: &SourceOptions) -> Result<Vec<(String, PathBuf)>> {
+    if opts.inputs.is_empty() {
+        return Err(Error::config("--input", "at least one input is required"));
+    }
+    let mut out = Vec::new();
+    for input in &opts.inputs {
+        let (split, pattern) = split_and_path(input);
+        let explicit = input.len() != pattern.len();
+        let paths: Vec<PathBuf> = if pattern.contains(['*', '?', '[']) {
+            let mut v = glob::glob(pattern)
+                .map_err(|e| {
+                    Error::config("--input", format!("bad glob pattern {pattern:?}: {e}"))
+                })?
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    let path = e.path().to_path_buf();
+                    Error::io(path, e.into())
+                })?;
+            v.retain(|p| p.is_file());
+            v.sort();
+            if v.is_empty() {
+                return Err(Error::config(
+                    "--input",
+                    format!("pattern {pattern:?} matches no file"),
+                ));
             }
+            v
+        } else {
+            vec![PathBuf::from(pattern)]
+        };
+        for p in paths {
+            let split = match (explicit, opts.format) {
+                (false, InputFormat::Parquet) => parquet_split(&p).unwrap_or("train").to_string(),
+                _ => split.clone(),
+            };
+            out.push((split, p));
         }
     }
-    ("train".to_string(), path)
+    if opts.format.is_archive() && out.len() != 1 {
+        return Err(Error::config(
+            "--input",
+            format!("{} takes exactly one archive", opts.format.name()),
+        ));
+    }
+    Ok(out)
+}
+
+/// The label of a JSON row: a string, or an integer class index.
+fn json_label(v: &serde_json::Value, field: &str, src: &str, row: u64) -> Result<RawLabel> {
+    match v.get(field) {
+        Some(serde_json::Value::String(s)) => Ok(RawLabel::Str(s.clone())),
+        Some(n @ serde_json::Value::Number(_)) => match n.as_i64() {
+            Some(i) => int_label(i, src, row),
+            None => Err(Error::bad_input(
+                src,
+                Some(row),
+                format!("label {n} is not a class index in 0..{MAX_CLASSES}"),
+            )),
+        },
+        _ => Err(Error::bad_input(
+            src,
+            Some(row),
+            format!("label field {field:?} is missing or not an integer/string"),
+        )),
+    }
 }
 
 fn read_jsonl(
-    src: &str,
-    bytes: &[u8],
+    input: &mut Input,
+    split: &str,
     opts: &SourceOptions,
-    out: &mut Vec<(String, RawLabelled)>,
+    f: &mut Sink<'_>,
 ) -> Result<()> {
     let mut label_field = opts.label_field.clone();
-    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-        let row = i as u64 + 1;
-        let line = std::str::from_utf8(line).map_err(|e| {
-            Error::bad_input(
-                src,
-                Some(row),
-                format!("invalid UTF-8 at byte {}", e.valid_up_to()),
-            )
-        })?;
+    let mut lines = Lines::new(input);
+    let src = lines.name;
+    while let Some((row, line)) = lines.next_line()? {
         if line.trim().is_empty() {
             continue;
         }
@@ -534,105 +643,112 @@ fn read_jsonl(
         }
         let label = match label_field.as_deref() {
             Some("") | None => None,
-            Some(f) => Some(match v.get(f) {
-                Some(serde_json::Value::String(s)) => RawLabel::Str(s.clone()),
-                Some(n) if n.as_i64().is_some() => RawLabel::Int(n.as_i64().unwrap_or_default()),
-                _ => {
-                    return Err(Error::bad_input(
-                        src,
-                        Some(row),
-                        format!("label field {f:?} is missing or not an integer/string"),
-                    ))
-                }
-            }),
+            Some(field) => Some(json_label(&v, field, src, row)?),
         };
-        out.push((src.to_string(), (text.to_string(), label, row)));
+        f(SourceRecord {
+            split,
+            source: src,
+            row,
+            text: text.to_string(),
+            label,
+        })?;
     }
     Ok(())
 }
 
-fn read_text(
-    src: &str,
-    bytes: &[u8],
-    unit: TextUnit,
-    out: &mut Vec<(String, RawLabelled)>,
-) -> Result<()> {
-    let mut para: Vec<&str> = Vec::new();
+fn read_text(input: &mut Input, split: &str, unit: TextUnit, f: &mut Sink<'_>) -> Result<()> {
+    let mut lines = Lines::new(input);
+    let src = lines.name;
+    let mut para = String::new();
     let mut para_row = 0;
-    let flush = |para: &mut Vec<&str>, row: u64, out: &mut Vec<(String, RawLabelled)>| {
-        if !para.is_empty() {
-            out.push((src.to_string(), (para.join("\n"), None, row)));
-            para.clear();
-        }
-    };
-    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-        let row = i as u64 + 1;
-        let line = std::str::from_utf8(line).map_err(|e| {
-            Error::bad_input(
-                src,
-                Some(row),
-                format!("invalid UTF-8 at byte {}", e.valid_up_to()),
-            )
-        })?;
+    while let Some((row, line)) = lines.next_line()? {
         let line = line.trim_end_matches('\r');
         if line.trim().is_empty() {
-            flush(&mut para, para_row, out);
+            if !para.is_empty() {
+                let text = std::mem::take(&mut para);
+                f(SourceRecord {
+                    split,
+                    source: src,
+                    row: para_row,
+                    text,
+                    label: None,
+                })?;
+            }
             continue;
         }
         match unit {
-            TextUnit::Line => out.push((src.to_string(), (line.trim().to_string(), None, row))),
+            TextUnit::Line => f(SourceRecord {
+                split,
+                source: src,
+                row,
+                text: line.trim().to_string(),
+                label: None,
+            })?,
             TextUnit::Paragraph => {
                 if para.is_empty() {
                     para_row = row;
+                } else {
+                    para.push('\n');
                 }
-                para.push(line.trim());
+                para.push_str(line.trim());
             }
         }
     }
-    flush(&mut para, para_row, out);
+    if !para.is_empty() {
+        f(SourceRecord {
+            split,
+            source: src,
+            row: para_row,
+            text: para,
+            label: None,
+        })?;
+    }
     Ok(())
 }
 
 fn read_parquet(
-    src: &str,
-    bytes: Bytes,
+    input: &mut Input,
+    split: &str,
     opts: &SourceOptions,
-    out: &mut Vec<(String, RawLabelled)>,
     names: &mut Option<Vec<String>>,
+    f: &mut Sink<'_>,
 ) -> Result<()> {
+    let src = input.name.clone();
     let pq = |e| Error::Parquet {
-        uri: src.to_string(),
+        uri: src.clone(),
         source: e,
     };
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(pq)?;
+    // A handle of its own: the Parquet reader seeks, while `input` hashes the file front to back.
+    let file = std::fs::File::open(&input.path).map_err(|e| Error::io(&input.path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?;
     let schema = builder.schema().clone();
     let text_idx = schema
         .index_of(&opts.text_field)
         .map_err(|_| Error::Schema {
-            uri: src.into(),
+            uri: src.clone(),
             column: opts.text_field.clone(),
             msg: "is missing".into(),
         })?;
     let label_name = match opts.label_field.as_deref() {
         None => schema.index_of("label").ok().map(|_| "label".to_string()),
         Some("") => None,
-        Some(f) => Some(f.to_string()),
+        Some(field) => Some(field.to_string()),
     };
     let label_idx = match &label_name {
-        Some(f) => Some(schema.index_of(f).map_err(|_| Error::Schema {
-            uri: src.into(),
-            column: f.clone(),
+        Some(field) => Some(schema.index_of(field).map_err(|_| Error::Schema {
+            uri: src.clone(),
+            column: field.clone(),
             msg: "is missing".into(),
         })?),
         None => None,
     };
-    if let Some(f) = &label_name {
-        *names = hf_class_names(schema.metadata().get("huggingface"), f).or(names.take());
+    if let Some(field) = &label_name {
+        *names = hf_class_names(schema.metadata().get("huggingface"), field).or(names.take());
     }
     let mut row = 0u64;
-    for batch in builder.with_batch_size(4096).build().map_err(pq)? {
+    for batch in builder.with_batch_size(1024).build().map_err(pq)? {
         let batch = batch.map_err(|e| Error::Arrow {
-            uri: src.into(),
+            uri: src.clone(),
             source: e,
         })?;
         let col = batch.column(text_idx);
@@ -642,7 +758,7 @@ fn read_parquet(
             DataType::Utf8View => col.as_string_view().iter().collect(),
             other => {
                 return Err(Error::Schema {
-                    uri: src.into(),
+                    uri: src.clone(),
                     column: opts.text_field.clone(),
                     msg: format!("has type {other}, expected a string"),
                 })
@@ -652,7 +768,6 @@ fn read_parquet(
             None => None,
             Some(i) => {
                 let c = batch.column(i);
-                let f = label_name.clone().unwrap_or_default();
                 Some(match c.data_type() {
                     DataType::Int64 => c.as_primitive::<Int64Type>().iter().collect(),
                     DataType::Int32 => c
@@ -672,8 +787,8 @@ fn read_parquet(
                         .collect(),
                     other => {
                         return Err(Error::Schema {
-                            uri: src.into(),
-                            column: f,
+                            uri: src.clone(),
+                            column: label_name.clone().unwrap_or_default(),
                             msg: format!("has type {other}, expected an integer"),
                         })
                     }
@@ -682,17 +797,22 @@ fn read_parquet(
         };
         for (i, t) in texts.into_iter().enumerate() {
             row += 1;
-            let t = t.ok_or_else(|| Error::bad_input(src, Some(row), "null text"))?;
-            check_text(t, src, row)?;
+            let t = t.ok_or_else(|| Error::bad_input(&src, Some(row), "null text"))?;
+            check_text(t, &src, row)?;
             let label = match &labels {
                 Some(l) => {
-                    Some(RawLabel::Int(l[i].ok_or_else(|| {
-                        Error::bad_input(src, Some(row), "null label")
-                    })?))
+                    let v = l[i].ok_or_else(|| Error::bad_input(&src, Some(row), "null label"))?;
+                    Some(int_label(v, &src, row)?)
                 }
                 None => None,
             };
-            out.push((src.to_string(), (t.to_string(), label, row)));
+            f(SourceRecord {
+                split,
+                source: &src,
+                row,
+                text: t.to_string(),
+                label,
+            })?;
         }
     }
     Ok(())
@@ -710,56 +830,45 @@ fn hf_class_names(meta: Option<&String>, field: &str) -> Option<Vec<String>> {
     names.iter().map(|n| n.as_str().map(String::from)).collect()
 }
 
-/// Read every input into per-split records.
-pub fn read_sources(opts: &SourceOptions) -> Result<SourceData> {
-    let mut data = SourceData {
+/// Read every input, handing each record to `f` in a deterministic order (inputs in the given
+/// order, globs sorted, records in file order; IMDB by (split, label, id)). Stops at the first
+/// error, from a reader or from `f`.
+pub fn read_sources(
+    opts: &SourceOptions,
+    f: &mut dyn FnMut(SourceRecord<'_>) -> Result<()>,
+) -> Result<SourceSummary> {
+    let inputs = expand_inputs(opts)?;
+    let mut summary = SourceSummary {
         origin: opts.inputs.join(", "),
-        ..SourceData::default()
+        ..SourceSummary::default()
     };
-    if opts.inputs.is_empty() {
-        return Err(Error::config("--input", "at least one input is required"));
-    }
-    match opts.format {
-        InputFormat::AgNews | InputFormat::Imdb => {
-            if opts.inputs.len() != 1 {
-                return Err(Error::config(
-                    "--input",
-                    format!("{} takes exactly one archive", opts.format.name()),
-                ));
-            }
-            let path = Path::new(&opts.inputs[0]);
-            data.origin = file_name(path);
-            if opts.format == InputFormat::AgNews {
-                read_agnews(path, &mut data)?;
-            } else {
-                read_imdb(path, &mut data)?;
-            }
-        }
-        InputFormat::Jsonl | InputFormat::Text | InputFormat::Parquet => {
-            let mut raw: RawSplits = BTreeMap::new();
-            let mut names = None;
-            for input in &opts.inputs {
-                let (split, path) = split_and_path(input, opts.format);
-                let src = file_name(path);
-                let bytes = read_input(path, &mut data.files)?;
-                let out = raw.entry(split).or_default();
-                match opts.format {
-                    InputFormat::Jsonl => read_jsonl(&src, &gunzip_if(&src, bytes)?, opts, out)?,
-                    InputFormat::Text => {
-                        read_text(&src, &gunzip_if(&src, bytes)?, opts.text_unit, out)?
-                    }
-                    _ => read_parquet(&src, bytes, opts, out, &mut names)?,
+    let mut names = None;
+    for (split, path) in &inputs {
+        let mut input = Input::open(path)?;
+        match opts.format {
+            InputFormat::AgNews | InputFormat::Imdb => {
+                summary.origin = input.name.clone();
+                if opts.format == InputFormat::AgNews {
+                    read_agnews(&mut input, &mut summary, f)?;
+                } else {
+                    read_imdb(&mut input, &mut summary, f)?;
                 }
             }
-            assign_labels(raw, names, &mut data)?;
+            format => {
+                summary.splits.insert(split.clone());
+                match format {
+                    InputFormat::Jsonl => read_jsonl(&mut input, split, opts, f)?,
+                    InputFormat::Text => read_text(&mut input, split, opts.text_unit, f)?,
+                    _ => read_parquet(&mut input, split, opts, &mut names, f)?,
+                }
+            }
         }
+        input.finish(&mut summary.files)?;
     }
-    if let Some(n) = opts.max_rows {
-        for recs in data.splits.values_mut() {
-            recs.truncate(n);
-        }
+    if names.is_some() {
+        summary.label_names = names;
     }
-    Ok(data)
+    Ok(summary)
 }
 
 #[cfg(test)]
@@ -776,5 +885,19 @@ mod tests {
             "for the $10 million"
         );
         assert_eq!(agnews_unescape("it#39;s #1"), "it's #1");
+    }
+
+    #[test]
+    fn integer_labels_outside_the_class_bound_name_the_value() {
+        assert_eq!(int_label(3, "f", 1).expect("ok"), RawLabel::Int(3));
+        for bad in [-1, MAX_CLASSES as i64, 99_999_999_999] {
+            let msg = int_label(bad, "f.jsonl", 7)
+                .expect_err("out of bound")
+                .to_string();
+            assert!(
+                msg.contains("f.jsonl") && msg.contains("row 7") && msg.contains(&bad.to_string()),
+                "{msg}"
+            );
+        }
     }
 }

@@ -15,11 +15,11 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart};
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::errors::ParquetError;
-use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 
 use crate::error::{Error, Result};
 
@@ -107,6 +107,34 @@ impl Location {
             })
     }
 
+    /// Store a local file as object `rel`, streamed in 8 MiB parts (a multipart upload: the object
+    /// appears only once complete, and memory stays at a few parts whatever the file size).
+    pub fn put_file(&self, rel: &str, file: &std::path::Path) -> Result<()> {
+        const PART: usize = 8 << 20;
+        let path = self.path(rel);
+        let store = Arc::clone(&self.store);
+        let uri = self.uri_of(rel);
+        let store_err = |e| Error::Store {
+            uri: uri.clone(),
+            source: e,
+        };
+        block_on(async {
+            let mut f = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
+            let upload = store.put_multipart(&path).await.map_err(store_err)?;
+            let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
+            let mut buf = vec![0u8; PART];
+            loop {
+                let n = std::io::Read::read(&mut f, &mut buf).map_err(|e| Error::io(file, e))?;
+                if n == 0 {
+                    break;
+                }
+                w.wait_for_capacity(2).await.map_err(store_err)?;
+                w.write(&buf[..n]);
+            }
+            w.finish().await.map(|_| ()).map_err(store_err)
+        })?
+    }
+
     /// Delete an object; a missing object is not an error.
     pub fn delete(&self, rel: &str) -> Result<()> {
         let path = self.path(rel);
@@ -184,9 +212,11 @@ impl AsyncFileReader for ObjectReader {
                 return Ok(Arc::clone(m));
             }
             let size = self.size;
+            // The offset index (page locations) lets a read of a few rows fetch only their pages.
             let m = Arc::new(
                 ParquetMetaDataReader::new()
                     .with_prefetch_hint(Some(64 * 1024))
+                    .with_offset_index_policy(PageIndexPolicy::Optional)
                     .load_and_finish(&mut *self, size)
                     .await?,
             );

@@ -71,20 +71,6 @@ pub fn train_tokenizer(opts: &TrainTokenizerOptions) -> Result<usize> {
             format!("must exceed the {} special tokens", SPECIAL_TOKENS.len()),
         ));
     }
-    let mut texts: Vec<String> = Vec::new();
-    for input in &opts.inputs {
-        let src = SourceOptions {
-            format: format_of(input),
-            inputs: vec![input.clone()],
-            text_field: opts.text_field.clone(),
-            label_field: Some(String::new()),
-            text_unit: TextUnit::Line,
-            max_rows: None,
-        };
-        for recs in read_sources(&src)?.splits.into_values() {
-            texts.extend(recs.into_iter().map(|r| r.text));
-        }
-    }
     let specials: Vec<AddedToken> = SPECIAL_TOKENS
         .iter()
         .map(|t| AddedToken::from(*t, true))
@@ -123,8 +109,35 @@ pub fn train_tokenizer(opts: &TrainTokenizerOptions) -> Result<usize> {
             (tok, trainer.into())
         }
     };
-    tok.train(&mut trainer, texts.iter())
-        .map_err(|e| Error::tokenizer(&spec, e))?;
+    // The inputs stream through a bounded channel: the trainer keeps word counts, never the corpus.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<String>(1024);
+    let (inputs, text_field) = (opts.inputs.clone(), opts.text_field.clone());
+    let reader = std::thread::spawn(move || -> Result<()> {
+        for input in inputs {
+            let src = SourceOptions {
+                format: format_of(&input),
+                inputs: vec![input],
+                text_field: text_field.clone(),
+                label_field: Some(String::new()),
+                text_unit: TextUnit::Line,
+                max_rows: None,
+            };
+            read_sources(&src, &mut |r| {
+                tx.send(r.text)
+                    .map_err(|_| Error::tokenizer("tokenizer train", "the trainer stopped reading"))
+            })?;
+        }
+        Ok(())
+    });
+    let trained = tok
+        .train(&mut trainer, rx.into_iter())
+        .map(|_| ())
+        .map_err(|e| Error::tokenizer(&spec, e));
+    let read = reader
+        .join()
+        .map_err(|_| Error::tokenizer(&spec, "the input reader panicked"))?;
+    trained?;
+    read?;
     let id = |t: &str| {
         tok.token_to_id(t)
             .ok_or_else(|| Error::tokenizer(&spec, format!("trained vocabulary lacks {t}")))

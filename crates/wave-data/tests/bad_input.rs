@@ -443,3 +443,70 @@ fn an_unreachable_s3_endpoint_fails_within_bounded_time_naming_the_object() {
     );
     assert!(t.elapsed().as_secs() < 30);
 }
+
+#[test]
+fn a_glob_that_matches_nothing_and_an_empty_corpus_fail_naming_them_and_write_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = dir.path().join("out");
+    let pattern = format!("{}/corpus/*.jsonl.gz", dir.path().display());
+    let mut o = PrepareOptions::new(
+        common::source(InputFormat::Jsonl, &[]),
+        out.display().to_string(),
+    );
+    o.source.inputs = vec![pattern.clone()];
+    assert_names(
+        &prepare(&o).expect_err("no match"),
+        &["--input", &pattern, "matches no file"],
+    );
+    assert!(!out.exists(), "nothing written");
+    // Files that hold no record: blank lines only, and a gzip member of nothing.
+    let blank = write(dir.path(), "blank.jsonl", b"\n  \n\n");
+    assert_names(
+        &prep(InputFormat::Jsonl, &blank, &out).expect_err("empty"),
+        &["blank.jsonl", "\"train\"", "no rows"],
+    );
+    let gz = dir.path().join("empty.jsonl.gz");
+    flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz).expect("create"),
+        flate2::Compression::fast(),
+    )
+    .finish()
+    .expect("gz");
+    assert_names(
+        &prep(InputFormat::Jsonl, &gz, &out).expect_err("empty gz"),
+        &["empty.jsonl.gz", "no rows"],
+    );
+    assert!(!out.exists(), "nothing written");
+}
+
+#[test]
+fn integer_labels_outside_the_class_bound_name_file_row_and_value_before_anything_is_written() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = dir.path().join("out");
+    // (label as written, as the message shows it)
+    for (value, shown) in [
+        ("99999999999", "99999999999"),
+        ("-1", "-1"),
+        ("65536", "65536"),
+        ("1e3", "1000.0"),
+    ] {
+        let jl = write(
+            dir.path(),
+            "big.jsonl",
+            format!("{{\"text\": \"a\", \"label\": 0}}\n{{\"text\": \"b\", \"label\": 1}}\n{{\"text\": \"c\", \"label\": {value}}}\n").as_bytes(),
+        );
+        let err = prep(InputFormat::Jsonl, &jl, &out).expect_err("label beyond the bound");
+        assert_names(&err, &["big.jsonl", "row 3", &format!("label {shown}")]);
+        assert!(!out.exists(), "nothing written for label {value}");
+    }
+    // The largest class index is fine.
+    let jl = write(
+        dir.path(),
+        "edge.jsonl",
+        b"{\"text\": \"a\", \"label\": 0}\n{\"text\": \"b\", \"label\": 65535}\n",
+    );
+    let m = prep(InputFormat::Jsonl, &jl, &out)
+        .expect("65535 is a class index")
+        .manifest;
+    assert_eq!(m.label_names.map(|n| n.len()), Some(wave_data::MAX_CLASSES));
+}

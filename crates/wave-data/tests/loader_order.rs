@@ -22,10 +22,13 @@ fn setup() -> Option<(tempfile::TempDir, Dataset, Arc<TextEncoder>)> {
     ))
 }
 
+/// Small windows of blocks smaller than the row groups (32 rows), so windows read parts of row
+/// groups and an epoch spans many windows.
 fn train_opts(world: usize) -> LoaderOptions {
     let mut cfg = DataConfig::new("unused");
     cfg.batch_size = 24;
     cfg.shuffle_window = 100;
+    cfg.shuffle_block = 8;
     cfg.max_length = 32;
     LoaderOptions::train(&cfg, 7, 0, world)
 }
@@ -290,4 +293,32 @@ fn dropping_a_loader_mid_epoch_stops_its_thread_promptly() {
         l.next_batch().expect("ok");
     }
     assert!(t.elapsed().as_secs() < 20);
+}
+
+#[test]
+fn the_loader_streams_exactly_the_planned_epoch_order() {
+    let Some((_d, ds, enc)) = setup() else { return };
+    let opts = train_opts(1);
+    let (all, _) = common::epoch_positions(&ds, &enc, &opts);
+    let rg_rows: Vec<u64> = ds
+        .row_groups("train")
+        .expect("row groups")
+        .iter()
+        .map(|r| r.rows)
+        .collect();
+    let plan = wave_data::order::EpochPlan::new(
+        &rg_rows,
+        opts.seed,
+        0,
+        true,
+        opts.shuffle_window,
+        opts.shuffle_block,
+    );
+    assert_eq!(
+        all,
+        plan.epoch_rows(),
+        "1003 rows in batches of 24 at world size 1: nothing dropped"
+    );
+    // Blocks of 8 rows in row groups of 32: windows read parts of row groups.
+    assert!(plan.blocks.len() > 3 * rg_rows.len() as u64);
 }

@@ -35,11 +35,14 @@ fn agnews_test(out: &Path) -> Option<PrepareOptions> {
 #[test]
 fn agnews_mirror_test_split_has_7600_rows_1900_per_class() {
     let dir = tempfile::tempdir().expect("tmp");
-    let Some(opts) = agnews_test(&dir.path().join("ag")) else {
+    let Some(mut opts) = agnews_test(&dir.path().join("ag")) else {
         return;
     };
+    // Source order, so the first row shown is the CSV's first record.
+    opts.keep_order = true;
     let report = prepare(&opts).expect("prepare");
     let m = &report.manifest;
+    assert!(!m.prepare.shuffled);
     assert_eq!(
         m.label_names.as_deref(),
         Some(
@@ -120,8 +123,10 @@ fn agnews_mirror_without_train_csv_reports_the_missing_split_and_writes_nothing(
             && msg.contains("available: test"),
         "{msg}"
     );
-    assert!(!out.join("manifest.json").exists());
-    assert!(read_all(&out).is_empty());
+    assert!(
+        !out.exists(),
+        "the output folder this run created is removed again"
+    );
 }
 
 #[test]
@@ -164,6 +169,65 @@ fn imdb_mirror_train_becomes_train_plus_stratified_validation_of_25000_rows() {
         msg.contains("\"test\"") && msg.contains("aclImdb_v1.tar.gz"),
         "{msg}"
     );
+}
+
+#[test]
+fn imdb_prepare_is_byte_identical_across_runs_and_its_shards_are_no_longer_class_sorted() {
+    let Some(archive) = common::shared("mirror/aclImdb_v1.tar.gz") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let run = |name: &str| {
+        let mut o = PrepareOptions::new(
+            common::source(InputFormat::Imdb, &[&archive]),
+            dir.path().join(name).display().to_string(),
+        );
+        o.splits = Some(vec!["train".into(), "validation".into()]);
+        o.validation_fraction = 0.2;
+        prepare(&o).expect("prepare").manifest
+    };
+    let m = run("a");
+    run("b");
+    let (fa, fb) = (
+        read_all(&dir.path().join("a")),
+        read_all(&dir.path().join("b")),
+    );
+    assert_eq!(fa.len(), fb.len());
+    assert_eq!(fa.len(), 3, "a shard per split + manifest");
+    for ((_, x), (_, y)) in fa.iter().zip(&fb) {
+        assert!(x == y, "files differ");
+    }
+    assert!(m.prepare.shuffled);
+    // The quickstart's 5,000-review validation split, exactly stratified.
+    assert_eq!(
+        m.splits["validation"].label_counts.as_deref(),
+        Some(&[2500u64, 2500][..])
+    );
+    // The archive is sorted neg then pos; the shards are not: every row group of 1,024 rows is
+    // within 10 points of half positive (binomial sd 1.6 points), and no run of one label is
+    // longer than 30 rows (chance of one in a uniform order: about 1e-5).
+    let ds = Dataset::open(&dir.path().join("a").display().to_string()).expect("open");
+    for split in ["train", "validation"] {
+        let labels = common::labels_of(&ds, split);
+        let mut start = 0;
+        for rg in ds.row_groups(split).expect("rgs") {
+            let rows = &labels[start..start + rg.rows as usize];
+            start += rg.rows as usize;
+            let pos = rows.iter().filter(|&&l| l == 1).count() as f64 / rows.len() as f64;
+            if rows.len() >= 512 {
+                assert!(
+                    (0.4..=0.6).contains(&pos),
+                    "{split}: a row group is {pos:.2} positive"
+                );
+            }
+        }
+        let longest = labels
+            .chunk_by(|a, b| a == b)
+            .map(<[i64]>::len)
+            .max()
+            .unwrap_or(0);
+        assert!(longest <= 30, "{split}: a run of {longest} equal labels");
+    }
 }
 
 #[test]

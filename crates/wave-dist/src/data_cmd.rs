@@ -4,6 +4,8 @@
 //! wave-dist data fetch imdb --mirror ../shared/data/mirror --out data/raw
 //! wave-dist data prepare --format imdb --input data/raw/aclImdb_v1.tar.gz --splits train,validation \
 //!     --out data/imdb
+//! wave-dist data prepare --format jsonl --input 'corpus/*.jsonl.gz' --tokenizer bert-base-uncased \
+//!     --pack-length 128 --tokenizer-threads 2 --validation-fraction 0.01 --out data/corpus
 //! wave-dist data inspect data/imdb --tokenizer bert-base-uncased --verify
 //! wave-dist tokenizer train --kind wordpiece --vocab-size 8000 --input corpus.txt --out tok/tokenizer.json
 //! ```
@@ -20,9 +22,11 @@ pub enum DataCommand {
     /// Download an official raw archive (or copy it from a mirror folder) and verify its pinned
     /// checksums (datasets/<name>/recipe.toml).
     Fetch(FetchArgs),
-    /// Turn raw inputs into Parquet shards + manifest.json in a folder or object store.
+    /// Turn raw inputs into Parquet shards + manifest.json in a folder or object store, streamed
+    /// (any corpus size) and written in a seeded random order.
     Prepare(PrepareArgs),
-    /// Summarise a prepared dataset: manifest, sample rows, token lengths, shard checksums.
+    /// Summarise a prepared dataset: manifest, sample rows, token lengths, the class mix of the
+    /// training order, shard checksums.
     Inspect(InspectArgs),
 }
 
@@ -86,15 +90,17 @@ pub struct PrepareArgs {
     /// Input format.
     #[arg(long, value_enum)]
     pub format: FormatArg,
-    /// Input files: an archive (agnews, imdb) or files as PATH or SPLIT=PATH (default split: train;
-    /// Parquet files named train-*/test-*/validation-* go to that split).
+    /// Input files: an archive (agnews, imdb) or files as PATH or SPLIT=PATH, where PATH may be a
+    /// quoted glob ('corpus/*.jsonl.gz', expanded in sorted order); repeat the flag or list several
+    /// (default split: train; Parquet files named train-*/test-*/validation-* go to that split).
     #[arg(long, required = true, num_args = 1..)]
     pub input: Vec<String>,
     /// Output dataset root: a path, file://, s3://bucket/prefix, gs://…, az://… (credentials and
     /// endpoint from the standard environment variables, e.g. AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID).
     #[arg(long)]
     pub out: String,
-    /// Dataset name recorded in the manifest (default: the format, or the first input's stem).
+    /// Dataset name recorded in the manifest (default: the format for archives, else the first
+    /// input's stem, or its folder's name for a glob).
     #[arg(long)]
     pub name: Option<String>,
     /// Splits to write, comma-separated (default: train,test for archives — plus validation carved
@@ -110,12 +116,22 @@ pub struct PrepareArgs {
     /// text and labels.
     #[arg(long)]
     pub pack_length: Option<usize>,
-    /// Fraction of train moved to a stratified validation split when the source has none (0 = off).
+    /// Fraction of train moved to a validation split when the source has none (0 = off): exactly
+    /// this fraction of every class (of all documents when unlabelled), chosen by the seeded
+    /// shuffle; with --keep-order each document with this probability.
     #[arg(long, default_value_t = 0.05)]
     pub validation_fraction: f64,
-    /// Seed of the train/validation split.
+    /// Seed of the row shuffle and of the train/validation split.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Write rows in source order instead of a seeded random order (for sources whose order
+    /// matters).
+    #[arg(long)]
+    pub keep_order: bool,
+    /// Folder for the temporary spool of the shuffle (about the corpus' text size; removed at the
+    /// end) [default: the system temporary folder, $TMPDIR].
+    #[arg(long)]
+    pub temp_dir: Option<PathBuf>,
     /// JSON/Parquet field holding the text.
     #[arg(long, default_value = "text")]
     pub text_field: String,
@@ -131,10 +147,10 @@ pub struct PrepareArgs {
     /// Maximum (uncompressed) bytes per shard.
     #[arg(long, default_value_t = 128 << 20)]
     pub shard_bytes: u64,
-    /// Rows per row group: the unit of shuffling and of per-rank reads.
+    /// Rows per row group.
     #[arg(long, default_value_t = 1024)]
     pub row_group_rows: usize,
-    /// Threads used for --tokenizer.
+    /// Threads used for --tokenizer (documents are tokenized in parallel chunks).
     #[arg(long, default_value_t = 1)]
     pub tokenizer_threads: usize,
     /// Keep only the first N rows of every split (smoke tests).
@@ -165,6 +181,21 @@ pub struct InspectArgs {
     /// Recompute every shard's SHA-256 and compare with the manifest (non-zero exit on mismatch).
     #[arg(long)]
     pub verify: bool,
+    /// Order report (labelled splits): the seed of the training order (train.seed).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Order report: the epoch.
+    #[arg(long, default_value_t = 0)]
+    pub epoch: u64,
+    /// Order report: the global batch size (data.batch_size).
+    #[arg(long, default_value_t = wave_data::DataConfig::new("").batch_size)]
+    pub batch_size: usize,
+    /// Order report: data.shuffle_window.
+    #[arg(long, default_value_t = wave_data::DataConfig::new("").shuffle_window)]
+    pub shuffle_window: usize,
+    /// Order report: data.shuffle_block.
+    #[arg(long, default_value_t = wave_data::DataConfig::new("").shuffle_block)]
+    pub shuffle_block: usize,
 }
 
 /// Vocabulary models.
@@ -251,6 +282,8 @@ pub fn run_data(cmd: DataCommand) -> Result<()> {
             o.pack_length = a.pack_length;
             o.validation_fraction = a.validation_fraction;
             o.seed = a.seed;
+            o.keep_order = a.keep_order;
+            o.temp_dir = a.temp_dir;
             o.shard_rows = a.shard_rows;
             o.shard_bytes = a.shard_bytes;
             o.row_group_rows = a.row_group_rows;
@@ -269,6 +302,15 @@ pub fn run_data(cmd: DataCommand) -> Result<()> {
                 println!("{name}: {} rows in {} shards", s.rows, s.shards.len());
             }
             println!(
+                "rows {} (seed {})",
+                if r.manifest.prepare.shuffled {
+                    "shuffled"
+                } else {
+                    "in source order"
+                },
+                r.manifest.prepare.seed
+            );
+            println!(
                 "wrote {}/manifest.json (fingerprint {})",
                 r.uri, r.manifest.fingerprint
             );
@@ -282,6 +324,13 @@ pub fn run_data(cmd: DataCommand) -> Result<()> {
                 tokenizer: a.tokenizer,
                 histogram_rows: a.histogram_rows,
                 verify: a.verify,
+                order: Some(wave_data::OrderCheck {
+                    seed: a.seed,
+                    epoch: a.epoch,
+                    global_batch: a.batch_size,
+                    shuffle_window: a.shuffle_window,
+                    shuffle_block: a.shuffle_block,
+                }),
             };
             print!("{}", wave_data::inspect(&opts).context("inspect failed")?);
             Ok(())

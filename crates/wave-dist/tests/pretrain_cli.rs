@@ -331,6 +331,28 @@ fn eval_scores_a_unigram_baseline_on_the_same_tokens_as_the_model() {
     let u = unigram["loss"].as_f64().expect("unigram loss");
     assert!(u < 7.5, "unigram loss {u}");
     assert!(model["loss"].as_f64().expect("model loss") > u, "{line}");
+    // Bits per byte: the summed loss in bits over the bytes of text the predicted tokens stand
+    // for, from the validation split's bytes per token recorded at prepare time.
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(data.join("manifest.json")).expect("manifest"),
+    )
+    .expect("manifest json");
+    let split = &manifest["splits"]["validation"];
+    let bytes_per_token = split["text_bytes"].as_f64().expect("text_bytes recorded")
+        / split["tokens"].as_f64().expect("tokens recorded");
+    assert!(
+        (3.0..6.0).contains(&bytes_per_token),
+        "{bytes_per_token} bytes per BERT token"
+    );
+    for figures in [model, unigram] {
+        let loss = figures["loss"].as_f64().expect("loss");
+        let bpb = figures["bits_per_byte"].as_f64().expect("bits per byte");
+        let want = loss / std::f64::consts::LN_2 / bytes_per_token;
+        assert!(
+            (bpb - want).abs() <= 1e-9 * want,
+            "bits per byte {bpb}, expected {want}"
+        );
+    }
 }
 
 #[test]

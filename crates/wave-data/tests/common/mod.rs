@@ -112,3 +112,18 @@ pub fn epoch_positions(
     }
     (all, counts)
 }
+
+/// The label of every row of a split, in storage order.
+pub fn labels_of(ds: &wave_data::Dataset, split: &str) -> Vec<i64> {
+    let rgs = ds.row_groups(split).expect("row groups");
+    let cols = wave_data::Columns {
+        text: false,
+        label: true,
+        ids: false,
+    };
+    ds.read_row_groups(split, &rgs, cols)
+        .expect("read labels")
+        .iter()
+        .flat_map(|d| d.label.as_ref().expect("label column").values().to_vec())
+        .collect()
+}
