@@ -5,11 +5,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use wave_testkit::Weed;
+use wave_testkit::{Captured, SpawnCaptured, Weed};
 
 /// `train --config configs/smoke.toml` with `data.uri`, `train.run_dir` and `extra` overrides.
 fn train_args(data: &Path, run_dir: &Path, extra: &[&str]) -> Vec<String> {
@@ -35,15 +35,13 @@ fn train(data: &Path, run_dir: &Path, extra: &[&str]) -> Output {
 }
 
 /// The trainer as a child process (stdout/stderr captured) for signals and kills.
-fn spawn_train(data: &Path, run_dir: &Path, extra: &[&str]) -> Child {
+fn spawn_train(data: &Path, run_dir: &Path, extra: &[&str]) -> Captured {
     Command::new(env!("CARGO_BIN_EXE_wave-dist"))
         .args(train_args(data, run_dir, extra))
         .current_dir(workspace_root())
         .env("WAVE_LOG", "info")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+        .spawn_captured()
         .expect("spawn wave-dist train")
 }
 
@@ -212,7 +210,7 @@ fn kill_9_at_random_moments_while_saving_leaves_a_verified_latest_that_resumes()
         });
         std::thread::sleep(jitter());
         child.kill().expect("kill -9");
-        child.wait().expect("wait");
+        child.wait_with_output().expect("wait");
         let verified = ok(&wave_dist(&["checkpoint", "verify", root]));
         assert!(verified.contains(": ok"), "round {round}: {verified}");
         previous = latest_step(&ckpt);
@@ -495,9 +493,7 @@ fn a_20_s_object_store_outage_mid_run_neither_stops_training_nor_corrupts_a_chec
         ],
     );
     let child = s3_command(&weed, &args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+        .spawn_captured()
         .expect("spawn trainer");
     wait_for("a first committed step", Duration::from_secs(60), || {
         s3_latest(&weed, uri).is_some()
@@ -507,7 +503,7 @@ fn a_20_s_object_store_outage_mid_run_neither_stops_training_nor_corrupts_a_chec
     weed.restart();
     // Let a save go through after the outage, then pre-empt: the final save must commit.
     let after_outage = s3_latest(&weed, uri);
-    wait_for("a save after the outage", Duration::from_secs(60), || {
+    wait_for("a save after the outage", Duration::from_secs(120), || {
         s3_latest(&weed, uri) > after_outage
     });
     Command::new("kill")
@@ -711,9 +707,7 @@ fn on_2_ranks_a_store_down_longer_than_the_collective_timeout_does_not_stop_trai
         .args(&args)
         .envs(weed.s3_env(FAKE_KEY_ID, FAKE_SECRET))
         .env("WAVE_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+        .spawn_captured()
         .expect("spawn mpirun");
     wait_for("a first committed step", Duration::from_secs(60), || {
         s3_latest(&weed, uri).is_some()
@@ -725,7 +719,7 @@ fn on_2_ranks_a_store_down_longer_than_the_collective_timeout_does_not_stop_trai
     let down_to = logged_steps(&run).last().copied().unwrap_or(0);
     weed.restart();
     let after_outage = s3_latest(&weed, uri);
-    wait_for("a save after the outage", Duration::from_secs(60), || {
+    wait_for("a save after the outage", Duration::from_secs(120), || {
         s3_latest(&weed, uri) > after_outage
     });
     for pid in rank_pids(&run) {
@@ -867,9 +861,7 @@ fn on_2_ranks_a_slow_resetting_failing_then_silent_store_never_ends_the_job() {
         .args(&args)
         .envs(env)
         .env("WAVE_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+        .spawn_captured()
         .expect("spawn mpirun");
     wait_for("a first committed step", Duration::from_secs(60), || {
         s3_latest(&weed, uri).is_some()

@@ -3,10 +3,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
+use wave_testkit::SpawnCaptured;
 
 /// Smoke-config arguments for 30 steps, logging every step. Dropout stays on (0.1): its masks are
 /// keyed by sample and position, so they do not depend on which rank holds a sample.
@@ -140,9 +141,7 @@ fn killing_one_rank_ends_every_rank_within_60_s_naming_it() {
             &run,
             &["train.max_steps=100000", "train.log_every_steps=10"],
         ))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+        .spawn_captured()
         .expect("mpirun");
     // Wait until training runs, then kill -9 one rank (a process whose command line names this run).
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -5,10 +5,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+use wave_testkit::{Captured, SpawnCaptured};
 
 fn job(data: &Path, run_dir: &Path, ckpt: &Path, extra: &[&str]) -> Vec<String> {
     let mut sets = vec![
@@ -30,14 +31,12 @@ fn job(data: &Path, run_dir: &Path, ckpt: &Path, extra: &[&str]) -> Vec<String> 
     args
 }
 
-fn spawn_mpi(ranks: usize, args: &[String]) -> Child {
+fn spawn_mpi(ranks: usize, args: &[String]) -> Captured {
     mpirun()
         .args(["-n", &ranks.to_string(), env!("CARGO_BIN_EXE_wave-dist")])
         .args(args)
         .env("WAVE_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+        .spawn_captured()
         .expect("mpirun")
 }
 
@@ -188,9 +187,7 @@ fn after_a_stop_signal_the_exit_status_is_train_signal_exit_code_for_schedulers_
             &["train.max_steps=100000", "train.signal_exit_code=75"],
         ))
         .current_dir(workspace_root())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+        .spawn_captured()
         .expect("spawn");
     let deadline = Instant::now() + Duration::from_secs(60);
     while logged_steps(&run).len() < 3 {

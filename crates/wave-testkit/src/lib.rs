@@ -11,6 +11,8 @@
 //!   outage. Stopped with SIGTERM, then SIGKILL, on drop.
 //! - [`FaultProxy`]: a TCP proxy on loopback that adds latency, resets connections, answers
 //!   HTTP 5xx or accepts and never answers ([`Fault`]), to stand between a client and `Weed`.
+//! - [`Captured`]: a child process whose stdout and stderr are drained while it runs, so a test
+//!   can poll a chatty trainer without it blocking on a full pipe.
 //! - [`NetLab`]: several "hosts" as Linux network namespaces on a bridge, each with its own
 //!   address: run a command inside a host, `mpirun` one rank per host (an agent enters the
 //!   namespace instead of ssh), cut and restore a host's link; everything is removed on drop.
@@ -24,6 +26,7 @@
 //! weed.set_env(); // AWS_ENDPOINT_URL etc. for object_store's S3 client in this process
 //! ```
 
+mod captured;
 mod netns;
 mod proxy;
 
@@ -32,6 +35,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use captured::{Captured, SpawnCaptured};
 pub use netns::{agent_script, record_rank_script, Host, NetLab, RankRecord};
 pub use proxy::{Fault, FaultProxy};
 
