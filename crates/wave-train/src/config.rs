@@ -129,8 +129,10 @@ pub struct TrainConfig {
     pub log_every_steps: u64,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
-    /// libtorch intra-op threads; 0 = libtorch's default (all cores), or 1 per rank when several
-    /// ranks share a machine (libgomp spin-waits: oversubscribed cores make steps 5-20x slower).
+    /// libtorch intra-op threads per rank; 0 = an equal share of the node's cores for each of
+    /// the ranks on it (from the launcher's local size), capped by the cores this process may
+    /// use, at least 1. libgomp spin-waits, so ranks that together ask for more threads than
+    /// cores get several times slower ([`crate::threads`]).
     pub threads: usize,
     /// Folder for metrics, the resolved config and the final weights; "" = `runs/<name>`.
     pub run_dir: String,

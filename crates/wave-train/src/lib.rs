@@ -35,6 +35,7 @@ mod state;
 mod step;
 pub mod stop;
 pub mod tensorboard;
+pub mod threads;
 mod trainer;
 mod window;
 

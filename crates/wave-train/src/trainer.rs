@@ -81,13 +81,6 @@ pub struct RunSummary {
     pub run_dir: PathBuf,
 }
 
-/// Sets libtorch's intra-op threads when configured.
-pub(crate) fn set_threads(threads: usize) {
-    if threads > 0 {
-        tch::set_num_threads(threads as i32);
-    }
-}
-
 /// Trains as configured and returns the summary (also written to the run folder's metrics).
 ///
 /// Ranks come from the launcher's environment (world size 1 without one). With several ranks,
@@ -100,10 +93,12 @@ pub fn train(cfg: &JobConfig) -> Result<RunSummary, Error> {
         Device::Cuda(_) if info.world_size > 1 => Device::Cuda(info.local_rank),
         d => d,
     };
-    set_threads(match cfg.train.threads {
-        0 if info.world_size > 1 => 1,
-        n => n,
-    });
+    let threads = crate::threads::apply(cfg.train.threads, &info);
+    tracing::debug!(
+        threads,
+        ranks_on_node = info.local_size,
+        "libtorch intra-op threads"
+    );
     // Before anything slow: a pre-emption during start-up is then a clean stop at step 0.
     let signal = StopSignal::install()?;
     let comm = Communicator::init(&info, &cfg.comm, device)?;
