@@ -123,12 +123,41 @@ impl SampleNoise {
         self.keys.size()[0]
     }
 
-    /// Per-(sample, position) keys `(B, T)` of `stream`, for positions `0..t`.
-    pub fn token_keys(&self, stream: u64, t: i64) -> Tensor {
+    /// The two halves of a token key of `stream`: per sample `(B,)` and per position `(t,)`.
+    /// A token's key is `mix32(sample part + position part)`, whatever the layout.
+    fn key_parts(&self, stream: u64, t: i64) -> (Tensor, Tensor) {
         let salt = hash_words(&[self.seed, self.step, stream]);
         let per_sample = mix32_tensor(&self.keys.bitwise_xor(i64::from(salt as u32 as i32)));
         let positions = index_constants(t, (salt >> 32) as u32, self.keys.device());
+        (per_sample, positions)
+    }
+
+    /// Per-(sample, position) keys `(B, T)` of `stream`, for positions `0..t`.
+    pub fn token_keys(&self, stream: u64, t: i64) -> Tensor {
+        let (per_sample, positions) = self.key_parts(stream, t);
         mix32_tensor(&(per_sample.unsqueeze(1) + positions.unsqueeze(0)))
+    }
+
+    /// Keys `(N,)` of `stream` for tokens at rows `rows` (indices into these samples) and
+    /// positions `positions`, both `(N,)` int64: the entries of [`SampleNoise::token_keys`] at
+    /// those coordinates, without building the padded `(B, T)` grid (the varlen layout).
+    pub fn token_keys_at(&self, stream: u64, rows: &Tensor, positions: &Tensor) -> Tensor {
+        let t = if positions.numel() == 0 {
+            0
+        } else {
+            positions.max().int64_value(&[]) + 1
+        };
+        let (per_sample, table) = self.key_parts(stream, t);
+        mix32_tensor(&(per_sample.index_select(0, rows) + table.index_select(0, positions)))
+    }
+
+    /// Random words per feature `(..., d)` from token keys `(...)`.
+    fn feature_bits(&self, stream: u64, tokens: &Tensor, d: i64) -> Tensor {
+        let salt = hash_words(&[self.seed, self.step, stream, 1]);
+        let features = index_constants(d, salt as u32, tokens.device());
+        let mut shape = vec![1i64; tokens.dim()];
+        shape.push(d);
+        mix32_tensor(&(tokens.unsqueeze(-1) + features.view(shape.as_slice())))
     }
 
     /// Random words for every (sample, position) of `stream`: `(B, T)` int32.
@@ -138,10 +167,7 @@ impl SampleNoise {
 
     /// Random words for every (sample, position, feature) of `stream`: `(B, T, D)` int32.
     pub fn element_bits(&self, stream: u64, t: i64, d: i64) -> Tensor {
-        let tokens = self.token_keys(stream, t);
-        let salt = hash_words(&[self.seed, self.step, stream, 1]);
-        let features = index_constants(d, salt as u32, tokens.device());
-        mix32_tensor(&(tokens.unsqueeze(-1) + features.view([1, 1, d])))
+        self.feature_bits(stream, &self.token_keys(stream, t), d)
     }
 
     /// Inverted dropout of `x` (`(B, T, D)` or `(B, D)`) with probability `p`, its mask drawn
@@ -156,9 +182,33 @@ impl SampleNoise {
             [_, d] => self.element_bits(stream, 1, *d).squeeze_dim(1),
             _ => return x.shallow_clone(),
         };
-        let keep = below(&bits, p).logical_not().to_kind(x.kind());
-        x * keep * (1.0 / (1.0 - p))
+        apply_mask(x, &bits, p)
     }
+
+    /// Inverted dropout of packed token features `x` `(N, D)` whose tokens sit at `rows` and
+    /// `positions` (`(N,)` each): the same mask, element for element, as [`SampleNoise::dropout`]
+    /// draws for those tokens in the padded layout.
+    pub fn dropout_at(
+        &self,
+        x: &Tensor,
+        p: f64,
+        stream: u64,
+        rows: &Tensor,
+        positions: &Tensor,
+    ) -> Tensor {
+        if p <= 0.0 || x.dim() != 2 {
+            return x.shallow_clone();
+        }
+        let d = x.size()[1];
+        let bits = self.feature_bits(stream, &self.token_keys_at(stream, rows, positions), d);
+        apply_mask(x, &bits, p)
+    }
+}
+
+/// `x` with the elements whose `bits` fall below `p` zeroed and the rest scaled by `1 / (1 - p)`.
+fn apply_mask(x: &Tensor, bits: &Tensor, p: f64) -> Tensor {
+    let keep = below(bits, p).logical_not().to_kind(x.kind());
+    x * keep * (1.0 / (1.0 - p))
 }
 
 #[cfg(test)]

@@ -121,6 +121,15 @@ pub struct TrainConfig {
     pub grad_accum_steps: usize,
     /// Gradient all-reduce bucket size in MiB (one collective per bucket, after the last micro-batch).
     pub bucket_mb: f64,
+    /// Run the network on the real tokens only (the varlen layout of `wave_model::packed`):
+    /// the same losses and dropout masks as padded batches up to rounding, without computing a
+    /// single padding slot. `false` computes the padded `(batch, length)` grid.
+    pub unpadded: bool,
+    /// Reduce only the token-embedding rows that some rank's batch touched (the ranks agree on
+    /// them every step; the other rows' gradients are zero everywhere). A table whose gradient
+    /// turns out dense (a tied language-model head) takes the dense all-reduce automatically;
+    /// `false` always all-reduces the whole table.
+    pub sparse_embedding_sync: bool,
     /// Evaluate every N optimizer steps (and always at the end); 0 = only at the end.
     pub eval_every_steps: u64,
     /// Cap on evaluation batches per evaluation; 0 = the whole split.
@@ -163,6 +172,8 @@ impl Default for TrainConfig {
             grad_clip: 1.0,
             grad_accum_steps: 1,
             bucket_mb: 25.0,
+            unpadded: true,
+            sparse_embedding_sync: true,
             eval_every_steps: 0,
             eval_max_batches: 0,
             log_every_steps: 10,

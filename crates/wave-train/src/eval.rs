@@ -127,13 +127,16 @@ pub fn evaluate(
             Fetched::End => break,
             Fetched::Waiting => continue,
         };
-        let prepared = data.objective.prepare(
+        let mut prepared = data.objective.prepare(
             &batch,
             0..batch.rows,
             EVAL_MASK_SEED,
             EVAL_MASK_STEP,
             data.device,
         );
+        if data.cfg.train.unpadded {
+            prepared = prepared.into_packed()?;
+        }
         sums.add(data.objective.eval_sums(net, &prepared)?);
         batches += 1;
     }

@@ -44,5 +44,6 @@ pub use device::parse_device;
 pub use error::Error;
 pub use eval::{evaluate_run, logits_of_run, EvalResult};
 pub use objective::{Objective, ObjectiveKind};
+pub use parallel::{GradientBuckets, SyncStats};
 pub use state::open_data;
 pub use trainer::{train, Params, RunSummary};

@@ -98,40 +98,77 @@ pub fn broadcast_tensors(
     })
 }
 
-/// Seconds one gradient synchronisation took.
+/// What one gradient synchronisation cost.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct SyncTimes {
+pub struct SyncStats {
     /// Waiting at a barrier for the slowest rank to finish its backward pass (load imbalance).
     pub skew_s: f64,
     /// Flattening, all-reducing and unflattening the gradient buckets.
     pub reduce_s: f64,
+    /// Bytes this rank put into the step's gradient collectives (all-reduce buffers, plus the
+    /// row counts and row ids of a row-sparse reduction).
+    pub bytes: usize,
+    /// Bytes the dense all-reduce of every gradient would have put in (4 per parameter).
+    pub dense_bytes: usize,
 }
+
+/// A row-sparse table reduces only rows touched on some rank when their payload stays below
+/// this fraction of the table: the sparse path also costs a scan of the table, a gather and a
+/// scatter, and a few more (small) collectives.
+const SPARSE_MAX_FRACTION: f64 = 0.5;
 
 /// The gradient buckets: a fixed partition of the parameters (in optimizer order) into runs of
 /// about `bucket_bytes`, the same on every rank (checked once at start-up, names, shapes and
 /// order), so no rank can ever reduce a bucket its peers lay out differently.
+///
+/// Tables named as row-sparse (the token embedding: a batch touches a few thousand of its tens
+/// of thousands of rows, and the rest of its gradient is exactly zero) are reduced on their own,
+/// each step: every rank finds the rows its gradient touches (non-zero anywhere in the row), the
+/// ranks agree on the union (an all-gather of counts, then of row ids), and only those rows are
+/// summed (gathered into one buffer, all-reduced, scattered back). Rows outside the union are zero
+/// on every rank, which is what the dense sum gives them, so the optimizer sees the same gradient
+/// (sums of touched rows may differ from the dense all-reduce in the last bit where the
+/// collective adds more than two ranks in another order). Whether a table is sparse is measured,
+/// not assumed: when the union is large (a language-model head tied to the embedding makes every
+/// row's gradient non-zero), all ranks see the same union and take the dense all-reduce.
 pub struct GradientBuckets {
     params: Vec<Tensor>,
     /// Index ranges into `params`, one per bucket.
     buckets: Vec<std::ops::Range<usize>>,
+    /// Indices into `params` of the row-sparse tables (2-D), reduced one by one.
+    row_sparse: Vec<usize>,
+    dense_bytes: usize,
 }
 
 impl GradientBuckets {
     /// Lays out `params` (names in optimizer order) and proves every rank has the same layout.
-    /// Gradients are allocated (zero) for every parameter, so each step reduces every bucket even
-    /// where a rank's micro-batches left some parameter untouched.
+    /// Parameters named in `row_sparse` are reduced by touched rows (see the type's docs);
+    /// the others in buckets. Gradients are allocated (zero) for every parameter, so each step
+    /// reduces every bucket even where a rank's micro-batches left some parameter untouched.
     pub fn new(
         comm: &Communicator,
         params: &[(String, Tensor)],
         bucket_bytes: usize,
+        row_sparse: &[&str],
     ) -> Result<GradientBuckets, Error> {
         let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).collect();
         allocate_grads(&tensors);
+        let sparse: Vec<usize> = params
+            .iter()
+            .enumerate()
+            .filter(|(_, (name, t))| row_sparse.contains(&name.as_str()) && t.dim() == 2)
+            .map(|(i, _)| i)
+            .collect();
         let mut buckets = Vec::new();
         let mut start = 0;
         while start < tensors.len() {
+            if sparse.contains(&start) {
+                start += 1;
+                continue;
+            }
             let (mut end, mut bytes) = (start, 0);
             while end < tensors.len()
+                && !sparse.contains(&end)
                 && (end == start || bytes + 4 * tensors[end].numel() <= bucket_bytes)
             {
                 bytes += 4 * tensors[end].numel();
@@ -140,7 +177,7 @@ impl GradientBuckets {
             buckets.push(start..end);
             start = end;
         }
-        let layout: Vec<String> = buckets
+        let mut layout: Vec<String> = buckets
             .iter()
             .map(|r| {
                 let members: Vec<String> = params[r.clone()]
@@ -150,35 +187,49 @@ impl GradientBuckets {
                 members.join(",")
             })
             .collect();
+        for &i in &sparse {
+            layout.push(format!("rows of {}{:?}", params[i].0, params[i].1.size()));
+        }
         comm.check_same("gradient bucket layout", layout.join(" | ").as_bytes())?;
+        let dense_bytes = tensors.iter().map(|t| 4 * t.numel()).sum();
         Ok(GradientBuckets {
             params: tensors,
             buckets,
+            row_sparse: sparse,
+            dense_bytes,
         })
     }
 
-    /// Sums the gradients over ranks, one all-reduce per bucket (the trainer scales each rank's
-    /// loss by 1 / the global unit count, so the sum is the global mean). Called once per
-    /// optimizer step, after the last micro-batch. A barrier first separates waiting for slower
-    /// ranks from the cost of the reduction itself (a stalled rank shows up as skew, not as a slow
-    /// network).
-    pub fn reduce(&self, comm: &Communicator, step: u64) -> Result<SyncTimes, Error> {
+    /// Sums the gradients over ranks: one all-reduce per bucket, and the touched rows of each
+    /// row-sparse table (the trainer scales each rank's loss by 1 / the global unit count, so
+    /// the sum is the global mean). Called once per optimizer step, after the last micro-batch.
+    /// A barrier first separates waiting for slower ranks from the cost of the reduction itself
+    /// (a stalled rank shows up as skew, not as a slow network).
+    pub fn reduce(&self, comm: &Communicator, step: u64) -> Result<SyncStats, Error> {
         if comm.world_size() == 1 {
-            return Ok(SyncTimes::default());
+            return Ok(SyncStats {
+                dense_bytes: self.dense_bytes,
+                ..SyncStats::default()
+            });
         }
         let started = Instant::now();
         comm.barrier(&format!("before the gradients of step {step}"))?;
         let skew_s = started.elapsed().as_secs_f64();
         let reduce_start = Instant::now();
         let context = format!("gradients of step {step}");
+        let mut bytes = 0;
+        for &i in &self.row_sparse {
+            bytes += reduce_rows(comm, &self.params[i].grad(), &context)?;
+        }
         for range in &self.buckets {
             let grads: Vec<Tensor> = self.params[range.clone()]
                 .iter()
                 .map(Tensor::grad)
                 .collect();
+            bytes += grads.iter().map(|g| 4 * g.numel()).sum::<usize>();
             tch::no_grad(|| -> Result<(), Error> {
                 if grads.len() == 1 && grads[0].is_contiguous() {
-                    // A tensor that fills a bucket alone (the embedding) is reduced where it lies.
+                    // A tensor that fills a bucket alone is reduced where it lies.
                     let mut view = grads[0].view([-1]);
                     return Ok(comm.all_reduce_sum_(&mut view, &context)?);
                 }
@@ -195,11 +246,82 @@ impl GradientBuckets {
                 Ok(())
             })?;
         }
-        Ok(SyncTimes {
+        Ok(SyncStats {
             skew_s,
             reduce_s: reduce_start.elapsed().as_secs_f64(),
+            bytes,
+            dense_bytes: self.dense_bytes,
         })
     }
+}
+
+/// Sums the gradient `grad` `(rows, d)` of a row-sparse table over ranks, in place, by touched
+/// rows when that moves fewer bytes (see [`GradientBuckets`]); returns the bytes this rank put
+/// into the collectives. A byte-string all-gather sends its length (8 bytes) and then the
+/// longest rank's string, so those are what is counted for the row counts and ids.
+fn reduce_rows(comm: &Communicator, grad: &Tensor, context: &str) -> Result<usize, Error> {
+    let (rows, d) = (grad.size()[0], grad.size()[1] as usize);
+    let table_bytes = 4 * rows as usize * d;
+    let too_many = |union: usize, ids: usize| {
+        (4 * (union * d + ids)) as f64 > SPARSE_MAX_FRACTION * table_bytes as f64
+    };
+    let dense = |sent: usize| -> Result<usize, Error> {
+        let mut flat = grad.view([-1]);
+        tch::no_grad(|| comm.all_reduce_sum_(&mut flat, context))?;
+        Ok(sent + table_bytes)
+    };
+    let touched: Vec<i64> = tch::no_grad(|| {
+        let any = grad.ne(0.0).any_dim(1, false).to_device(Device::Cpu);
+        Vec::<i64>::try_from(any.nonzero().reshape([-1]))
+    })?;
+    let counts: Vec<usize> = comm
+        .all_gather_bytes(&(touched.len() as u64).to_le_bytes(), context)?
+        .iter()
+        .map(|c| {
+            c.as_slice()
+                .try_into()
+                .map_or(usize::MAX, |b| u64::from_le_bytes(b) as usize)
+        })
+        .collect();
+    let mut sent = 16;
+    let (longest, ids_total) = (
+        counts.iter().copied().max().unwrap_or(0),
+        counts.iter().fold(0usize, |a, &c| a.saturating_add(c)),
+    );
+    // The union holds at least the longest list: if even that is too many rows, skip the ids.
+    if too_many(longest, ids_total) {
+        return dense(sent);
+    }
+    let ids: Vec<u8> = touched
+        .iter()
+        .flat_map(|&r| (r as u32).to_le_bytes())
+        .collect();
+    let mut union: Vec<i64> = comm
+        .all_gather_bytes(&ids, context)?
+        .iter()
+        .flat_map(|b| {
+            b.chunks_exact(4)
+                .map(|c| i64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    sent += 8 + 4 * longest;
+    union.sort_unstable();
+    union.dedup();
+    if too_many(union.len(), ids_total) {
+        return dense(sent);
+    }
+    if union.is_empty() {
+        return Ok(sent);
+    }
+    tch::no_grad(|| -> Result<(), Error> {
+        let index = Tensor::from_slice(&union).to(grad.device());
+        let mut summed = grad.index_select(0, &index);
+        comm.all_reduce_sum_(&mut summed, context)?;
+        let _ = grad.shallow_clone().index_copy_(0, &index, &summed);
+        Ok(())
+    })?;
+    Ok(sent + 4 * union.len() * d)
 }
 
 /// Gives every parameter a (zero) gradient: a backward pass through `0 * sum(params)`.
