@@ -18,7 +18,7 @@ use wave_train::{GradientBuckets, TrainConfig};
 
 const WORKER_VAR: &str = "WAVE_SPARSE_SYNC_WORKER";
 const VOCAB: i64 = 1000;
-const D: i64 = 8;
+const D: i64 = 16;
 
 /// A table, a matrix and a bias with fixed values, requiring gradients.
 fn params() -> Vec<(String, Tensor)> {

@@ -36,31 +36,57 @@ impl WaveLayer {
         }
     }
 
-    /// `x`: `(B, T, D)` padded or `(N, D)` packed, as `layout` says. Returns the same shape.
-    fn forward(&self, x: &Tensor, layout: Layout, cfg: &ModelConfig) -> Tensor {
+    /// `x`: `(B, T, D)` padded or `(N, D)` packed, as `layout` says, in the residual kind
+    /// (fp32). Returns the same shape and kind; matrix products run in `compute`.
+    fn forward(&self, x: &Tensor, layout: Layout, cfg: &ModelConfig, compute: Kind) -> Tensor {
         let causal = cfg.head == Head::CausalLm;
+        let kind = x.kind();
+        let ffn = |h: &Tensor| {
+            let inner = project(&self.ffn_in, h, compute).gelu("none");
+            project(&self.ffn_out, &inner, compute).to_kind(kind)
+        };
         // Mask after the projection: the bias would otherwise put padding into the norms.
-        let u = layout.mask(self.proj_u.forward(x));
-        let v = layout.mask(self.proj_v.forward(x));
+        let u = layout.mask(project(&self.proj_u, x, compute));
+        let v = layout.mask(project(&self.proj_v, x, compute));
         if cfg.mode == Mode::Modulation && cfg.to_real == ToReal::Magnitude && !causal {
             // The magnitude after modulation is G_u * G_v, the same for every token of an input:
             // run the feed-forward block once per input instead of once per token. This
             // halves the matrix products of the paper's best classifier, with identical outputs.
-            let h = modulation_magnitude(&u, &v, layout, cfg.eps).to_kind(x.kind());
-            let ffn = self.ffn_out.forward(&self.ffn_in.forward(&h).gelu("none"));
-            return layout.to_tokens(&self.norm.forward(&(h + ffn)), x);
+            let h = modulation_magnitude(&u, &v, layout, cfg.eps).to_kind(kind);
+            let out = self.norm.forward(&(&h + ffn(&h)));
+            return layout.to_tokens(&out, x);
         }
         let s_u = imaginary_part(&u, layout, causal, cfg.eps);
         let s_v = imaginary_part(&v, layout, causal, cfg.eps);
         let (re, im) = combine(cfg.mode, &u, &s_u, &v, &s_v);
         let h = match &self.to_real {
-            Some(linear) => linear.forward(&Tensor::cat(&[re, im], -1).to_kind(x.kind())),
-            None => (re.square() + im.square() + cfg.eps)
-                .sqrt()
-                .to_kind(x.kind()),
+            Some(linear) => project(linear, &Tensor::cat(&[re, im], -1), compute).to_kind(kind),
+            None => (re.square() + im.square() + cfg.eps).sqrt().to_kind(kind),
         };
-        let ffn = self.ffn_out.forward(&self.ffn_in.forward(&h).gelu("none"));
-        self.norm.forward(&(h + ffn))
+        // The residual sum and the layer norm stay in the residual kind.
+        self.norm.forward(&(&h + ffn(&h)))
+    }
+}
+
+/// `t` cast to `compute` when that is a reduced-precision kind; otherwise `t` itself (fp32 and
+/// the f64 of tests compute in the weights' own kind).
+fn in_compute(t: &Tensor, compute: Kind) -> Tensor {
+    match compute {
+        Kind::BFloat16 | Kind::Half => t.to_kind(compute),
+        _ => t.shallow_clone(),
+    }
+}
+
+/// `layer(x)` with its matrix product in `compute`: for a reduced-precision kind the layer's
+/// (fp32 master) weights and the input are cast for the product, so gradients flow back into
+/// the fp32 weights; otherwise it is `layer.forward(x)`.
+fn project(layer: &nn::Linear, x: &Tensor, compute: Kind) -> Tensor {
+    match compute {
+        Kind::BFloat16 | Kind::Half => in_compute(x, compute).linear(
+            &in_compute(&layer.ws, compute),
+            layer.bs.as_ref().map(|b| in_compute(b, compute)),
+        ),
+        _ => layer.forward(x),
     }
 }
 
@@ -110,6 +136,7 @@ pub const TOKEN_EMBEDDING: &str = "token_embedding.weight";
 #[derive(Debug)]
 pub struct WaveNetwork {
     cfg: ModelConfig,
+    compute: Kind,
     token_embedding: nn::Embedding,
     position: Position,
     layers: Vec<WaveLayer>,
@@ -171,6 +198,7 @@ impl WaveNetwork {
         };
         Ok(WaveNetwork {
             cfg: cfg.clone(),
+            compute: Kind::Float,
             token_embedding,
             position,
             layers,
@@ -181,6 +209,27 @@ impl WaveNetwork {
     /// The configuration the network was built from.
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// Runs the matrix products in `kind`: `Float` (the default) or `BFloat16`. Mixed precision
+    /// as the GPU wants it: weights, optimizer state, the residual stream, the wave norm block
+    /// (sums of squares, see [`crate::wave`]), layer norms and the loss stay fp32; only the
+    /// products' inputs are cast, so gradients reach the fp32 master weights.
+    pub fn set_compute_kind(&mut self, kind: Kind) -> Result<(), Error> {
+        match kind {
+            Kind::Float | Kind::BFloat16 => {
+                self.compute = kind;
+                Ok(())
+            }
+            other => Err(Error::BadInput(format!(
+                "matrix products run in Float or BFloat16, not {other:?}"
+            ))),
+        }
+    }
+
+    /// The kind the matrix products run in.
+    pub fn compute_kind(&self) -> Kind {
+        self.compute
     }
 
     fn check_inputs(&self, ids: &Tensor, mask: &Tensor) -> Result<(), Error> {
@@ -231,7 +280,7 @@ impl WaveNetwork {
     fn trunk(&self, x: Tensor, layout: Layout, dropout: Option<&SampleNoise>) -> Tensor {
         let mut x = layout.mask(x);
         for (l, layer) in self.layers.iter().enumerate() {
-            let out = layer.forward(&x, layout, &self.cfg);
+            let out = layer.forward(&x, layout, &self.cfg, self.compute);
             let out = match dropout {
                 Some(noise) => layout.dropout(noise, &out, self.cfg.dropout, dropout_stream(l)),
                 None => out,
@@ -322,7 +371,7 @@ impl WaveNetwork {
             }
             None => pooled,
         };
-        Ok(classifier.forward(&pooled))
+        Ok(project(classifier, &pooled, self.compute).to_kind(pooled.kind()))
     }
 
     /// Class logits `(B, C)`. Errors if the network has no classification head.
@@ -362,11 +411,18 @@ impl WaveNetwork {
                 "token logits need a masked_lm or causal_lm head".into(),
             ));
         };
-        let h = norm.forward(&transform.forward(features).gelu("none"));
+        let kind = features.kind();
+        let h = norm.forward(
+            &project(transform, features, self.compute)
+                .gelu("none")
+                .to_kind(kind),
+        );
         // The embedding rows are N(0, 1) (PyTorch's default, kept for the input side), so h·e has
         // variance d: scaling by 1/sqrt(d) starts the logits at unit scale (loss ≈ ln V).
         let scale = 1.0 / (self.cfg.d_model as f64).sqrt();
-        Ok(h.matmul(&self.token_embedding.ws.tr()) * scale + bias)
+        let table = in_compute(&self.token_embedding.ws, self.compute);
+        let logits = in_compute(&h, self.compute).matmul(&table.tr());
+        Ok(logits.to_kind(kind) * scale + bias)
     }
 
     /// Vocabulary logits `(B, T, V)` at every position (tests and small inputs; training gathers

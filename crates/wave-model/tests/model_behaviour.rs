@@ -371,3 +371,64 @@ fn inputs_longer_than_the_position_table_are_rejected() {
         .to_string();
     assert!(err.contains("max_positions"), "{err}");
 }
+
+#[test]
+fn bf16_products_stay_close_to_fp32_and_train_fp32_master_weights() {
+    let cases = [
+        config(Mode::Modulation, ToReal::Concat, PositionEncoding::Learned),
+        config(Mode::Modulation, ToReal::Magnitude, PositionEncoding::None),
+        ModelConfig {
+            head: Head::CausalLm,
+            ..config(
+                Mode::Interference,
+                ToReal::Concat,
+                PositionEncoding::Sinusoidal,
+            )
+        },
+    ];
+    let input = ids(&[&[5, 9, 3, 7, 11, 2], &[4, 8, 15, 16, 0, 0]]);
+    let mask = ids(&[&[1, 1, 1, 1, 1, 1], &[1, 1, 1, 1, 0, 0]]);
+    for cfg in cases {
+        let (vs, mut net) = build(&cfg);
+        let out = |net: &WaveNetwork| match cfg.head {
+            Head::Classification => net.classify(&input, &mask, None),
+            _ => net.token_logits(&input, &mask, None),
+        };
+        let full = out(&net).expect("fp32");
+        net.set_compute_kind(Kind::BFloat16).expect("bf16");
+        let half = out(&net).expect("bf16");
+        assert_eq!(half.kind(), Kind::Float, "outputs come back in fp32");
+        assert!(bool::try_from(half.isfinite().all()).expect("bool"));
+        let scale = full.abs().max().double_value(&[]).max(1.0);
+        let diff = max_abs_diff(&full, &half);
+        // bf16 keeps 8 significant bits: ~0.4% per product.
+        assert!(
+            diff <= 0.05 * scale,
+            "{cfg:?}: bf16 off by {diff} (scale {scale})"
+        );
+        assert!(diff > 0.0, "{cfg:?}: bf16 changed nothing");
+        half.sum(Kind::Float).backward();
+        for (name, var) in vs.variables() {
+            assert_eq!(var.kind(), Kind::Float, "{name}: master weights stay fp32");
+            let grad = var.grad();
+            if grad.defined() {
+                let grad = if grad.is_sparse() {
+                    grad.to_dense(None, false)
+                } else {
+                    grad
+                };
+                assert_eq!(grad.kind(), Kind::Float, "{name}: gradient kind");
+                assert!(
+                    bool::try_from(grad.isfinite().all()).expect("bool"),
+                    "{name}"
+                );
+            }
+        }
+    }
+    let (_vs, mut net) = build(&config(
+        Mode::Modulation,
+        ToReal::Concat,
+        PositionEncoding::None,
+    ));
+    assert!(net.set_compute_kind(Kind::Int64).is_err());
+}

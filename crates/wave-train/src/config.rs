@@ -22,6 +22,29 @@ pub enum Schedule {
     Constant,
 }
 
+/// `train.precision`: the kind the matrix products run in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Everything in fp32.
+    #[default]
+    Fp32,
+    /// Matrix products in bfloat16; weights, optimizer state, residual stream, the wave norm
+    /// block, layer norms and the loss in fp32 (meant for GPUs: CPUs without bf16 units emulate
+    /// it slowly).
+    Bf16,
+}
+
+impl Precision {
+    /// The tensor kind of the matrix products.
+    pub fn kind(self) -> tch::Kind {
+        match self {
+            Precision::Fp32 => tch::Kind::Float,
+            Precision::Bf16 => tch::Kind::BFloat16,
+        }
+    }
+}
+
 /// Where training starts: `train.resume = "never" | "auto" | <step> | "<checkpoint URL>"`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "ResumeValue", into = "ResumeValue")]
@@ -130,6 +153,9 @@ pub struct TrainConfig {
     /// turns out dense (a tied language-model head) takes the dense all-reduce automatically;
     /// `false` always all-reduces the whole table.
     pub sparse_embedding_sync: bool,
+    /// `"fp32"` or `"bf16"` (matrix products in bfloat16 with fp32 master weights, optimizer,
+    /// norms and loss; see [`Precision`]).
+    pub precision: Precision,
     /// Evaluate every N optimizer steps (and always at the end); 0 = only at the end.
     pub eval_every_steps: u64,
     /// Cap on evaluation batches per evaluation; 0 = the whole split.
@@ -174,6 +200,7 @@ impl Default for TrainConfig {
             bucket_mb: 25.0,
             unpadded: true,
             sparse_embedding_sync: true,
+            precision: Precision::Fp32,
             eval_every_steps: 0,
             eval_max_batches: 0,
             log_every_steps: 10,

@@ -39,7 +39,9 @@ pub mod threads;
 mod trainer;
 mod window;
 
-pub use config::{CheckpointConfig, JobConfig, OnFailure, Resume, Schedule, TrainConfig};
+pub use config::{
+    CheckpointConfig, JobConfig, OnFailure, Precision, Resume, Schedule, TrainConfig,
+};
 pub use device::parse_device;
 pub use error::Error;
 pub use eval::{evaluate_run, logits_of_run, EvalResult};

@@ -105,8 +105,8 @@ pub struct SyncStats {
     pub skew_s: f64,
     /// Flattening, all-reducing and unflattening the gradient buckets.
     pub reduce_s: f64,
-    /// Bytes this rank put into the step's gradient collectives (all-reduce buffers, plus the
-    /// row counts and row ids of a row-sparse reduction).
+    /// Bytes this rank put into the step's gradient collectives (all-reduce buffers, including
+    /// the per-row flags of a row-sparse reduction).
     pub bytes: usize,
     /// Bytes the dense all-reduce of every gradient would have put in (4 per parameter).
     pub dense_bytes: usize,
@@ -124,8 +124,8 @@ const SPARSE_MAX_FRACTION: f64 = 0.5;
 /// Tables named as row-sparse (the token embedding: a batch touches a few thousand of its tens
 /// of thousands of rows, and the rest of its gradient is exactly zero) are reduced on their own,
 /// each step: every rank finds the rows its gradient touches (non-zero anywhere in the row), the
-/// ranks agree on the union (an all-gather of counts, then of row ids), and only those rows are
-/// summed (gathered into one buffer, all-reduced, scattered back). Rows outside the union are zero
+/// ranks agree on the union (an all-reduce of one flag per row), and only those rows are summed
+/// (gathered into one buffer, all-reduced, scattered back). Rows outside the union are zero
 /// on every rank, which is what the dense sum gives them, so the optimizer sees the same gradient
 /// (sums of touched rows may differ from the dense all-reduce in the last bit where the
 /// collective adds more than two ranks in another order). Whether a table is sparse is measured,
@@ -257,71 +257,35 @@ impl GradientBuckets {
 
 /// Sums the gradient `grad` `(rows, d)` of a row-sparse table over ranks, in place, by touched
 /// rows when that moves fewer bytes (see [`GradientBuckets`]); returns the bytes this rank put
-/// into the collectives. A byte-string all-gather sends its length (8 bytes) and then the
-/// longest rank's string, so those are what is counted for the row counts and ids.
+/// into the collectives.
+///
+/// The ranks agree on the union through one all-reduce of a per-row flag (1.0 where this rank's
+/// row is non-zero): 4 bytes per table row whatever the number of ranks, and one collective with
+/// the all-reduce's latency, where exchanging row ids would grow with the ranks and need
+/// all-gathers, whose latency grows linearly with them.
 fn reduce_rows(comm: &Communicator, grad: &Tensor, context: &str) -> Result<usize, Error> {
-    let (rows, d) = (grad.size()[0], grad.size()[1] as usize);
-    let table_bytes = 4 * rows as usize * d;
-    let too_many = |union: usize, ids: usize| {
-        (4 * (union * d + ids)) as f64 > SPARSE_MAX_FRACTION * table_bytes as f64
-    };
-    let dense = |sent: usize| -> Result<usize, Error> {
-        let mut flat = grad.view([-1]);
-        tch::no_grad(|| comm.all_reduce_sum_(&mut flat, context))?;
-        Ok(sent + table_bytes)
-    };
-    let touched: Vec<i64> = tch::no_grad(|| {
-        let any = grad.ne(0.0).any_dim(1, false).to_device(Device::Cpu);
-        Vec::<i64>::try_from(any.nonzero().reshape([-1]))
-    })?;
-    let counts: Vec<usize> = comm
-        .all_gather_bytes(&(touched.len() as u64).to_le_bytes(), context)?
-        .iter()
-        .map(|c| {
-            c.as_slice()
-                .try_into()
-                .map_or(usize::MAX, |b| u64::from_le_bytes(b) as usize)
-        })
-        .collect();
-    let mut sent = 16;
-    let (longest, ids_total) = (
-        counts.iter().copied().max().unwrap_or(0),
-        counts.iter().fold(0usize, |a, &c| a.saturating_add(c)),
-    );
-    // The union holds at least the longest list: if even that is too many rows, skip the ids.
-    if too_many(longest, ids_total) {
-        return dense(sent);
-    }
-    let ids: Vec<u8> = touched
-        .iter()
-        .flat_map(|&r| (r as u32).to_le_bytes())
-        .collect();
-    let mut union: Vec<i64> = comm
-        .all_gather_bytes(&ids, context)?
-        .iter()
-        .flat_map(|b| {
-            b.chunks_exact(4)
-                .map(|c| i64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    sent += 8 + 4 * longest;
-    union.sort_unstable();
-    union.dedup();
-    if too_many(union.len(), ids_total) {
-        return dense(sent);
-    }
-    if union.is_empty() {
-        return Ok(sent);
-    }
-    tch::no_grad(|| -> Result<(), Error> {
-        let index = Tensor::from_slice(&union).to(grad.device());
-        let mut summed = grad.index_select(0, &index);
-        comm.all_reduce_sum_(&mut summed, context)?;
-        let _ = grad.shallow_clone().index_copy_(0, &index, &summed);
-        Ok(())
-    })?;
-    Ok(sent + 4 * union.len() * d)
+    let (rows, d) = (grad.size()[0], grad.size()[1]);
+    let table_bytes = 4 * (rows * d) as usize;
+    let mut flags = tch::no_grad(|| grad.ne(0.0).any_dim(1, false).to_kind(Kind::Float));
+    comm.all_reduce_sum_(&mut flags, context)?;
+    let sent = 4 * rows as usize;
+    // Ascending row ids, the same on every rank (they all hold the same flags).
+    let union = flags.gt(0.0).nonzero().reshape([-1]);
+    let union_bytes = 4 * (union.size()[0] * d) as usize;
+    tch::no_grad(|| -> Result<usize, Error> {
+        if union_bytes as f64 > SPARSE_MAX_FRACTION * table_bytes as f64 {
+            // Most rows are touched somewhere (always so under a tied language-model head).
+            let mut flat = grad.view([-1]);
+            comm.all_reduce_sum_(&mut flat, context)?;
+            return Ok(sent + table_bytes);
+        }
+        if union_bytes > 0 {
+            let mut summed = grad.index_select(0, &union);
+            comm.all_reduce_sum_(&mut summed, context)?;
+            let _ = grad.shallow_clone().index_copy_(0, &union, &summed);
+        }
+        Ok(sent + union_bytes)
+    })
 }
 
 /// Gives every parameter a (zero) gradient: a backward pass through `0 * sum(params)`.
