@@ -165,6 +165,22 @@ fn worker() {
                 );
             }
         }
+        if let Case::Dense = case {
+            // After a large union the table goes dense without the flags for a while, then the
+            // union is measured again (every rank decides alike, so the collectives match).
+            let probe = params();
+            let buckets = GradientBuckets::new(&comm, &probe, 1 << 20, &["emb"]).expect("layout");
+            for (step, with_flags) in [(2u64, true), (3, false), (101, false), (102, true)] {
+                set_grads(&probe, &gradients(case, rank));
+                let stats = buckets.reduce(&comm, step).expect("sync");
+                let flags = if with_flags { 4 * VOCAB as usize } else { 0 };
+                assert_eq!(
+                    stats.bytes,
+                    stats.dense_bytes + flags,
+                    "rank {rank} step {step}: bytes sent"
+                );
+            }
+        }
 
         sparse_opt.step(1e-3);
         dense_opt.step(1e-3);
