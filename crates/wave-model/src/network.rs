@@ -68,21 +68,21 @@ impl WaveLayer {
     }
 }
 
-/// `t` cast to `compute` when that is a reduced-precision kind; otherwise `t` itself (fp32 and
+/// `t` cast to `compute` when that is bfloat16; otherwise `t` itself (fp32, and
 /// the f64 of tests compute in the weights' own kind).
 fn in_compute(t: &Tensor, compute: Kind) -> Tensor {
     match compute {
-        Kind::BFloat16 | Kind::Half => t.to_kind(compute),
+        Kind::BFloat16 => t.to_kind(compute),
         _ => t.shallow_clone(),
     }
 }
 
-/// `layer(x)` with its matrix product in `compute`: for a reduced-precision kind the layer's
+/// `layer(x)` with its matrix product in `compute`: for bfloat16 the layer's
 /// (fp32 master) weights and the input are cast for the product, so gradients flow back into
 /// the fp32 weights; otherwise it is `layer.forward(x)`.
 fn project(layer: &nn::Linear, x: &Tensor, compute: Kind) -> Tensor {
     match compute {
-        Kind::BFloat16 | Kind::Half => in_compute(x, compute).linear(
+        Kind::BFloat16 => in_compute(x, compute).linear(
             &in_compute(&layer.ws, compute),
             layer.bs.as_ref().map(|b| in_compute(b, compute)),
         ),
