@@ -1,11 +1,14 @@
 """Side-by-side training throughput and memory: wave-dist vs the PyTorch eager peer.
 
-Both train the same model (IMDB, one wave layer, d=768, max length 256, batch 64, modulation +
-magnitude) on the same prepared shards, in file order, for the same number of timed steps after
-the same untimed warm-up, with the same intra-op thread count, one after the other in this run.
-Peak memory is each process's maximum resident set (getrusage of the child).
+Both train the same model (by default IMDB, one wave layer, d=768, max length 256, batch 64,
+modulation + magnitude) on the same prepared shards, in file order, for the same number of timed
+steps after the same untimed warm-up, with the same intra-op thread count, alternating in this
+run. Peak memory is each process's maximum resident set (getrusage of the child). wave-dist runs
+with its defaults (unpadded batches); `--set train.unpadded=false` measures the padded path.
 
     python bench/train_bench.py --data data/imdb --steps 20 --threads 2
+    python bench/train_bench.py --data data/agnews-test --split test --config configs/agnews.toml \
+        --max-length 128 --out bench/results/train_throughput_agnews.md
 """
 
 import argparse
@@ -40,6 +43,10 @@ def median(xs):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/imdb")
+    p.add_argument("--split", default="train", help="split trained on (both programs)")
+    p.add_argument("--config", default="configs/imdb.toml", help="wave-dist config the overrides apply to")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra wave-dist override (repeatable), e.g. train.unpadded=false")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup-steps", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
@@ -54,19 +61,24 @@ def main():
     binary = os.environ.get("WAVE_DIST_BIN", "target/release/wave-dist")
     run_dir = tempfile.mkdtemp(prefix="wave-bench-")
     total = args.warmup_steps + args.steps
-    ours_cmd = [binary, "train", "--config", "configs/imdb.toml",
+    ours_cmd = [binary, "train", "--config", args.config,
                 "--set", f"data.uri={json.dumps(args.data)}", "--set", "data.shuffle=false",
+                "--set", f"data.train_split={json.dumps(args.split)}", "--set", f"data.eval_split={json.dumps(args.split)}",
+                "--set", "checkpoint.overwrite=true",
                 "--set", f"data.max_length={args.max_length}", "--set", f"data.batch_size={args.batch_size}",
                 "--set", f"model.d_model={args.d_model}", "--set", f"model.to_real={json.dumps(args.to_real)}", "--set", f"train.max_steps={total}",
                 "--set", f"train.log_every_steps={args.warmup_steps}", "--set", "train.eval_every_steps=0",
                 "--set", "train.eval_max_batches=1", "--set", f"train.threads={args.threads}",
                 "--set", f"train.run_dir={json.dumps(run_dir)}", "--set", "checkpoint.every_steps=0"]
-    peer_cmd = [sys.executable, "bench/wave_peer.py", "--data", args.data, "--steps", str(args.steps),
+    for extra in args.set:
+        ours_cmd += ["--set", extra]
+    peer_cmd = [sys.executable, "bench/wave_peer.py", "--data", args.data, "--split", args.split, "--steps", str(args.steps),
                 "--warmup-steps", str(args.warmup_steps), "--batch-size", str(args.batch_size),
                 "--max-length", str(args.max_length), "--d-model", str(args.d_model), "--to-real", args.to_real, "--threads", str(args.threads)]
 
-    ours, peer = [], []
+    ours, peer, load = [], [], []
     for _ in range(args.rounds):
+        load.append(os.getloadavg()[0])
         _, wall, peak = run(ours_cmd)
         # Timed window: every metrics line after the first (the first covers the warm-up steps).
         lines = [r for r in map(json.loads, open(f"{run_dir}/metrics.jsonl")) if r["kind"] == "train"][1:]
@@ -88,9 +100,11 @@ def main():
     report = [
         "# Training throughput and memory: wave-dist vs PyTorch eager",
         "",
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores: {args.rounds} alternating runs of each, medians.",
-        f"IMDB (prepared shards, file order), d_model={args.d_model}, max_length={args.max_length}, batch={args.batch_size},",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores: {args.rounds} alternating runs of each, medians;",
+        f"load average before each round {', '.join(f'{l:.1f}' for l in load)} (other jobs share the machine: ratios, not absolute figures, carry over).",
+        f"{args.data} split {args.split} (prepared shards, file order), d_model={args.d_model}, max_length={args.max_length}, batch={args.batch_size},",
         f"modulation + {args.to_real}, one layer, {args.steps} timed steps after {args.warmup_steps} warm-up steps, {args.threads} intra-op threads.",
+        f"wave-dist: {args.config}" + (f" with {', '.join(args.set)}" if args.set else " (unpadded batches, the default)") + ".",
         "",
         "| program | samples/s | tokens/s | peak RSS MiB | wall s (incl. start-up) |",
         "|---|---|---|---|---|",
@@ -108,7 +122,9 @@ def main():
         "Command:",
         "",
         "```",
-        f"python bench/train_bench.py --data {args.data} --steps {args.steps} --threads {args.threads} --rounds {args.rounds} --to-real {args.to_real}",
+        f"python bench/train_bench.py --data {args.data} --split {args.split} --config {args.config} --max-length {args.max_length} "
+        f"--d-model {args.d_model} --batch-size {args.batch_size} --steps {args.steps} --threads {args.threads} --rounds {args.rounds} "
+        f"--to-real {args.to_real}" + "".join(f" --set {x}" for x in args.set) + (f" --out {args.out}" if args.out else ""),
         "```",
     ]
     text = "\n".join(report) + "\n"

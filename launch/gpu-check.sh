@@ -102,8 +102,10 @@ else
     "$BIN_DIR/comm-check-mpi" collectives --backend mpi --device cuda --bench-mb 64 --timeout 60
 fi
 
-# 5. Single-GPU training steps: samples/s and peak GPU memory, on a synthetic labelled corpus made
-#    here (no data set travels) and tokenized by wave-dist itself.
+# 5. Single-GPU training on a synthetic labelled corpus made here (no data set travels) and
+#    tokenized by wave-dist itself: samples/s and peak GPU memory in fp32, TF32 (libtorch reads
+#    TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 at start-up) and bf16 (train.precision); checks that fail
+#    when a CUDA step differs from a CPU step, or bf16/TF32 drift from fp32 over 200 steps.
 if [ ! -x "$BIN_DIR/wave-dist" ]; then
   record gpu-train-steps SKIP "$BIN_DIR/wave-dist missing"
 else
@@ -124,17 +126,56 @@ PY
        --out "$WORK/tokenizer.json" >"$LOGS/gpu-train-prepare.log" 2>&1 &&
      "$BIN_DIR/wave-dist" data prepare --format jsonl --input "$WORK/corpus.jsonl" --out "$WORK/data" \
        --tokenizer "$WORK/tokenizer.json" >>"$LOGS/gpu-train-prepare.log" 2>&1; then
-    ( while sleep 0.2; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1; done ) >"$LOGS/gpu-memory.txt" 2>/dev/null &
-    POLL=$!
-    run_check gpu-train-steps 300 '"event":"summary"' \
-      "$BIN_DIR/wave-dist" train --config "$ROOT/configs/imdb.toml" --device cuda \
-      --set "data.uri=\"$WORK/data\"" --set 'data.tokenizer=""' --set data.max_length=256 \
-      --set train.max_steps=60 --set train.log_every_steps=10 --set train.eval_max_batches=5 \
-      --set checkpoint.every_steps=0 --set "train.run_dir=\"$WORK/run\""
-    kill "$POLL" 2>/dev/null
-    PEAK="$(sort -n "$LOGS/gpu-memory.txt" | tail -1)"
-    SPS="$(grep -o '"train_samples_per_s":[0-9.]*' "$LOGS/gpu-train-steps.log" | cut -d: -f2)"
-    record gpu-train-throughput INFO "d=768 max_len=256 batch=64: ${SPS:-?} samples/s, peak GPU memory ${PEAK:-?} MiB (nvidia-smi, whole device)"
+    # Training on the GPU: NAME LIMIT_S ENV... -- --set overrides...; samples/s and peak memory.
+    train_gpu() {
+      local name="$1" limit="$2"; shift 2
+      local envs=(); while [ "$1" != "--" ]; do envs+=("$1"); shift; done; shift
+      ( while sleep 0.2; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1; done ) >"$LOGS/$name-memory.txt" 2>/dev/null &
+      local poll=$!
+      run_check "$name" "$limit" '"event":"summary"' env "${envs[@]}" \
+        "$BIN_DIR/wave-dist" train --config "$ROOT/configs/imdb.toml" \
+        --set "data.uri=\"$WORK/data\"" --set 'data.tokenizer=""' --set train.eval_max_batches=5 \
+        --set checkpoint.every_steps=0 --set "train.run_dir=\"$WORK/$name\"" "$@"
+      kill "$poll" 2>/dev/null
+      local peak sps
+      peak="$(sort -n "$LOGS/$name-memory.txt" | tail -1)"
+      sps="$(grep -o '"train_samples_per_s":[0-9.]*' "$LOGS/$name.log" | cut -d: -f2)"
+      record "$name-speed" INFO "${sps:-?} samples/s, peak GPU memory ${peak:-?} MiB (nvidia-smi, whole device)"
+    }
+    # Compares two runs' metrics.jsonl losses: mode `first2` (steps 1 and 2 within REL) or `final`
+    # (the last logged loss within REL); prints the figures, exits 1 when they differ more.
+    cat >"$WORK/compare_losses.py" <<'PY'
+import json, sys
+a, b, mode, rel = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+def losses(d):
+    return [(r["step"], r["loss"]) for r in map(json.loads, open(d + "/metrics.jsonl")) if r["kind"] == "train"]
+la, lb = losses(a), losses(b)
+pairs = list(zip(la, lb))[:2] if mode == "first2" else [(la[-1], lb[-1])]
+worst = max(abs(x[1] - y[1]) / abs(x[1]) for x, y in pairs)
+print("compared " + ", ".join(f"step {x[0]}: {x[1]:.6f} vs {y[1]:.6f}" for x, y in pairs) + f"; worst relative difference {worst:.2e} (limit {rel})")
+sys.exit(0 if worst <= rel and len(pairs) > 0 else 1)
+PY
+    PAPER=(--set data.max_length=256 --set train.max_steps=60 --set train.log_every_steps=10)
+    # 5a. The paper's size (d = 768, length 256, batch 64) in fp32, TF32 and bf16.
+    train_gpu gpu-train-fp32 300 WAVE_LOG=info -- --device cuda "${PAPER[@]}"
+    train_gpu gpu-train-tf32 300 TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 -- --device cuda "${PAPER[@]}"
+    train_gpu gpu-train-bf16 300 WAVE_LOG=info -- --device cuda "${PAPER[@]}" --set 'train.precision="bf16"'
+    # 5b. One CUDA step equals one CPU step: the loss before any update (forward) and after one
+    #     (backward, AdamW) agree within 1e-4, dropout on (its masks are keyed, not drawn).
+    SMALL=(--set model.d_model=256 --set data.max_length=128 --set train.log_every_steps=1)
+    #     Both start from the same weights (random init differs between the CPU and CUDA
+    #     generators): those of a one-step CPU run, loaded through train.init_from.
+    train_gpu step-init 300 WAVE_LOG=info -- --device cpu "${SMALL[@]}" --set train.max_steps=1
+    FROM=(--set "train.init_from=\"$WORK/step-init\"" --set train.max_steps=2)
+    train_gpu step-cuda 300 WAVE_LOG=info -- --device cuda "${SMALL[@]}" "${FROM[@]}"
+    train_gpu step-cpu 300 WAVE_LOG=info -- --device cpu "${SMALL[@]}" "${FROM[@]}"
+    run_check cuda-step-equals-cpu 60 'compared' "$PY" "$WORK/compare_losses.py" "$WORK/step-cpu" "$WORK/step-cuda" first2 1e-4
+    # 5c. bf16 over 200 steps stays within 3% of fp32 (the last logged loss), and TF32 within 1%.
+    train_gpu long-fp32 600 WAVE_LOG=info -- --device cuda "${SMALL[@]}" --set train.max_steps=200 --set train.log_every_steps=20
+    train_gpu long-bf16 600 WAVE_LOG=info -- --device cuda "${SMALL[@]}" --set train.max_steps=200 --set train.log_every_steps=20 --set 'train.precision="bf16"'
+    train_gpu long-tf32 600 TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 -- --device cuda "${SMALL[@]}" --set train.max_steps=200 --set train.log_every_steps=20
+    run_check bf16-200-steps-vs-fp32 60 'compared' "$PY" "$WORK/compare_losses.py" "$WORK/long-fp32" "$WORK/long-bf16" final 0.03
+    run_check tf32-200-steps-vs-fp32 60 'compared' "$PY" "$WORK/compare_losses.py" "$WORK/long-fp32" "$WORK/long-tf32" final 0.01
   else
     record gpu-train-steps FAIL "preparing the synthetic corpus failed (log $LOGS/gpu-train-prepare.log)"
   fi

@@ -18,6 +18,9 @@ pub const RANK_VAR: &str = "WAVE_RANK";
 pub const WORLD_SIZE_VAR: &str = "WAVE_WORLD_SIZE";
 /// See [`RANK_VAR`].
 pub const LOCAL_RANK_VAR: &str = "WAVE_LOCAL_RANK";
+/// Overrides the number of ranks on this node (what the default intra-op thread count divides
+/// the node's cores by).
+pub const LOCAL_SIZE_VAR: &str = "WAVE_LOCAL_SIZE";
 
 /// Who started this process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,30 +71,68 @@ pub struct RankInfo {
     pub world_size: usize,
     /// Rank among the processes of this node; selects the GPU (`cuda:local_rank`).
     pub local_rank: usize,
+    /// Processes of this job on this node (1 without a launcher). Taken from the launcher
+    /// (`OMPI_COMM_WORLD_LOCAL_SIZE`, `MPI_LOCALNRANKS`, `LOCAL_WORLD_SIZE`, Slurm's tasks per
+    /// node; 1 per pod in a Kubernetes Indexed Job) or [`LOCAL_SIZE_VAR`]; when the launcher does
+    /// not say, the whole world is assumed to share the node (the safe side for thread counts).
+    pub local_size: usize,
     /// Who started the job.
     pub launcher: Launcher,
     /// Rank 0's rendezvous address (`MASTER_ADDR`, `MASTER_PORT`), when given.
     pub master: Option<(String, u16)>,
 }
 
-/// The variables each launcher sets, in order of precedence: MPI launchers first (an `mpirun`
-/// inside a Slurm allocation also inherits `SLURM_*`), then torchrun-style, then Slurm.
-const SCHEMES: [(Launcher, &str, &str, &str); 4] = [
+/// The variables each launcher sets (rank, world size, local rank, ranks on this node), in order
+/// of precedence: MPI launchers first (an `mpirun` inside a Slurm allocation also inherits
+/// `SLURM_*`), then torchrun-style, then Slurm (whose per-node count may also come from
+/// `SLURM_TASKS_PER_NODE`, see [`slurm_tasks_on_node`]).
+const SCHEMES: [(Launcher, &str, &str, &str, &str); 4] = [
     (
         Launcher::OpenMpi,
         "OMPI_COMM_WORLD_RANK",
         "OMPI_COMM_WORLD_SIZE",
         "OMPI_COMM_WORLD_LOCAL_RANK",
+        "OMPI_COMM_WORLD_LOCAL_SIZE",
     ),
-    (Launcher::Mpich, "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
-    (Launcher::Torchrun, "RANK", "WORLD_SIZE", "LOCAL_RANK"),
+    (
+        Launcher::Mpich,
+        "PMI_RANK",
+        "PMI_SIZE",
+        "MPI_LOCALRANKID",
+        "MPI_LOCALNRANKS",
+    ),
+    (
+        Launcher::Torchrun,
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+    ),
     (
         Launcher::Slurm,
         "SLURM_PROCID",
         "SLURM_NTASKS",
         "SLURM_LOCALID",
+        "SLURM_NTASKS_PER_NODE",
     ),
 ];
+
+/// Tasks Slurm placed on node `node` from `SLURM_TASKS_PER_NODE` (`"2(x3),1"`: two tasks on each
+/// of the first three nodes, one on the fourth); `None` when the value does not parse.
+fn slurm_tasks_on_node(spec: &str, node: usize) -> Option<usize> {
+    let mut first = 0;
+    for group in spec.split(',') {
+        let (count, repeat) = match group.split_once("(x") {
+            Some((c, r)) => (c.trim().parse().ok()?, r.strip_suffix(')')?.parse().ok()?),
+            None => (group.trim().parse().ok()?, 1usize),
+        };
+        if node < first + repeat {
+            return Some(count);
+        }
+        first += repeat;
+    }
+    None
+}
 
 /// A value and the variable it came from (for error messages).
 #[derive(Clone, Copy)]
@@ -136,6 +177,7 @@ impl RankInfo {
             rank: 0,
             world_size: 1,
             local_rank: 0,
+            local_size: 1,
             launcher: Launcher::Single,
             master: None,
         }
@@ -150,22 +192,29 @@ impl RankInfo {
     ///
     /// Precedence: Open MPI, MPICH/PMI, torchrun-style, Slurm, Kubernetes Indexed Job
     /// (`JOB_COMPLETION_INDEX` with the world size in `WAVE_WORLD_SIZE`); none of them means one
-    /// process. `WAVE_RANK`, `WAVE_WORLD_SIZE` and `WAVE_LOCAL_RANK` override whatever the launcher
-    /// says. Rank 0's address is `MASTER_ADDR` (a host name, such as a headless Service, or an IP)
+    /// process. `WAVE_RANK`, `WAVE_WORLD_SIZE`, `WAVE_LOCAL_RANK` and `WAVE_LOCAL_SIZE` override
+    /// whatever the launcher says. Rank 0's address is `MASTER_ADDR` (a host name, such as a headless Service, or an IP)
     /// and `MASTER_PORT` (default [`DEFAULT_MASTER_PORT`]). Missing halves (a rank without a world
     /// size), unparsable numbers and a rank or local rank not below the world size are errors that
     /// name the variables.
     pub fn detect(env: &HashMap<String, String>) -> Result<RankInfo, Error> {
         let env = Env(env);
         let mut launcher = Launcher::Single;
-        let (mut rank, mut world, mut local) = (None, None, None);
-        for (which, rank_var, world_var, local_var) in SCHEMES {
+        let (mut rank, mut world, mut local, mut local_size) = (None, None, None, None);
+        for (which, rank_var, world_var, local_var, local_size_var) in SCHEMES {
             if let Some(r) = env.number(rank_var)? {
                 let w = env.number(world_var)?.ok_or_else(|| Error::Launcher {
                     vars: env.describe(&[rank_var, world_var]),
                     reason: format!("{rank_var} is set but {world_var} is not"),
                 })?;
                 (launcher, rank, world, local) = (which, Some(r), Some(w), env.number(local_var)?);
+                local_size = env.number(local_size_var)?.map(|s| s.value);
+                if which == Launcher::Slurm && local_size.is_none() {
+                    let node = env.number("SLURM_NODEID")?.map_or(0, |n| n.value);
+                    local_size = env
+                        .get("SLURM_TASKS_PER_NODE")
+                        .and_then(|spec| slurm_tasks_on_node(spec, node));
+                }
                 break;
             }
         }
@@ -176,6 +225,8 @@ impl RankInfo {
                     reason: format!("a Kubernetes Indexed Job needs its world size (the Job's completions) in {WORLD_SIZE_VAR}"),
                 })?;
                 (launcher, rank, world) = (Launcher::IndexedJob, Some(index), Some(w));
+                // One rank per pod: the pod's CPU limit is its own.
+                local_size = Some(1);
             }
         }
         // Explicit overrides.
@@ -187,6 +238,9 @@ impl RankInfo {
         }
         if let Some(l) = env.number(LOCAL_RANK_VAR)? {
             local = Some(l);
+        }
+        if let Some(n) = env.number(LOCAL_SIZE_VAR)? {
+            local_size = Some(n.value);
         }
         if launcher == Launcher::Single && (rank.is_some() || world.is_some_and(|w| w.value != 1)) {
             launcher = Launcher::Explicit;
@@ -249,10 +303,17 @@ impl RankInfo {
                 Some((host.to_string(), port))
             }
         };
+        // Unknown: assume every rank shares this node. A count that cannot hold this rank's local
+        // index is raised to it rather than refused (it only sizes thread pools).
+        let local_size = local_size
+            .filter(|&n| n > 0)
+            .unwrap_or(world.value)
+            .max(local.value + 1);
         Ok(RankInfo {
             rank: rank.value,
             world_size: world.value,
             local_rank: local.value,
+            local_size,
             launcher,
             master,
         })

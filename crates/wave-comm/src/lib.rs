@@ -4,10 +4,11 @@
 //! wave-comm, wave-ckpt}`): it knows tensors (tch) but nothing of models, data or checkpoints.
 //! It answers two questions:
 //!
-//! 1. **Who am I?** [`RankInfo::detect`] reads rank, world size, local rank and rank 0's address
-//!    from the environment of Open MPI, MPICH/PMI, Slurm, torchrun-style launchers or a
-//!    Kubernetes Indexed Job (`JOB_COMPLETION_INDEX` + `WAVE_WORLD_SIZE` + `MASTER_ADDR`);
-//!    `WAVE_RANK`/`WAVE_WORLD_SIZE`/`WAVE_LOCAL_RANK` override. No launcher means world size 1.
+//! 1. **Who am I?** [`RankInfo::detect`] reads rank, world size, local rank, ranks on this node
+//!    and rank 0's address from the environment of Open MPI, MPICH/PMI, Slurm, torchrun-style
+//!    launchers or a Kubernetes Indexed Job (`JOB_COMPLETION_INDEX` + `WAVE_WORLD_SIZE` +
+//!    `MASTER_ADDR`); `WAVE_RANK`/`WAVE_WORLD_SIZE`/`WAVE_LOCAL_RANK`/`WAVE_LOCAL_SIZE` override.
+//!    No launcher means world size 1.
 //! 2. **How do ranks agree?** A [`Communicator`] carries the collectives the trainer needs: in-place
 //!    sum (or mean) all-reduce of a flat f32 tensor (gradient buckets), broadcast of a tensor or
 //!    bytes from rank 0 (initial parameters), all-gather of small byte strings
@@ -68,6 +69,7 @@ pub use comm::{nccl_present, Communicator};
 pub use config::{Backend, CommConfig, MpiThreadLevel};
 pub use error::{Error, Op};
 pub use launcher::{
-    Launcher, RankInfo, DEFAULT_MASTER_PORT, LOCAL_RANK_VAR, RANK_VAR, WORLD_SIZE_VAR,
+    Launcher, RankInfo, DEFAULT_MASTER_PORT, LOCAL_RANK_VAR, LOCAL_SIZE_VAR, RANK_VAR,
+    WORLD_SIZE_VAR,
 };
 pub use watchdog::TIMEOUT_EXIT_CODE;

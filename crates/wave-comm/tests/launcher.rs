@@ -329,3 +329,80 @@ fn a_timeout_names_the_peer_when_there_is_only_one() {
     assert!(timeout(1, 2).contains("its peer, rank 0, is stuck"));
     assert!(timeout(3, 8).contains("one of the other 7 ranks is stuck"));
 }
+
+#[test]
+fn ranks_on_this_node_come_from_each_launcher() {
+    let local_size = |pairs: &[(&str, &str)]| detect(pairs).local_size;
+    assert_eq!(local_size(&[("HOME", "/root")]), 1, "no launcher");
+    assert_eq!(
+        local_size(&[
+            ("OMPI_COMM_WORLD_RANK", "5"),
+            ("OMPI_COMM_WORLD_SIZE", "16"),
+            ("OMPI_COMM_WORLD_LOCAL_RANK", "1"),
+            ("OMPI_COMM_WORLD_LOCAL_SIZE", "8"),
+        ]),
+        8
+    );
+    assert_eq!(
+        local_size(&[
+            ("PMI_RANK", "1"),
+            ("PMI_SIZE", "4"),
+            ("MPI_LOCALNRANKS", "2")
+        ]),
+        2
+    );
+    assert_eq!(
+        local_size(&[
+            ("RANK", "3"),
+            ("WORLD_SIZE", "8"),
+            ("LOCAL_RANK", "3"),
+            ("LOCAL_WORLD_SIZE", "4"),
+        ]),
+        4
+    );
+    // Slurm: the explicit per-node count, else this node's entry of SLURM_TASKS_PER_NODE.
+    let slurm = [("SLURM_PROCID", "6"), ("SLURM_NTASKS", "7")];
+    assert_eq!(
+        local_size(&[slurm[0], slurm[1], ("SLURM_NTASKS_PER_NODE", "3")]),
+        3
+    );
+    for (node, want) in [("0", 2), ("2", 2), ("3", 1)] {
+        assert_eq!(
+            local_size(&[
+                slurm[0],
+                slurm[1],
+                ("SLURM_TASKS_PER_NODE", "2(x3),1"),
+                ("SLURM_NODEID", node),
+            ]),
+            want,
+            "node {node}"
+        );
+    }
+    // One rank per pod in an Indexed Job.
+    assert_eq!(
+        local_size(&[("JOB_COMPLETION_INDEX", "3"), ("WAVE_WORLD_SIZE", "4")]),
+        1
+    );
+}
+
+#[test]
+fn unknown_ranks_per_node_assume_the_whole_world_and_the_override_wins() {
+    // Explicit rank variables say nothing about placement: all ranks may share this node.
+    let info = detect(&[("WAVE_RANK", "1"), ("WAVE_WORLD_SIZE", "4")]);
+    assert_eq!(info.local_size, 4);
+    let info = detect(&[
+        ("OMPI_COMM_WORLD_RANK", "1"),
+        ("OMPI_COMM_WORLD_SIZE", "4"),
+        ("OMPI_COMM_WORLD_LOCAL_SIZE", "4"),
+        ("WAVE_LOCAL_SIZE", "2"),
+    ]);
+    assert_eq!(info.local_size, 2);
+    // A count that cannot hold this rank's local index is raised to it.
+    let info = detect(&[
+        ("RANK", "3"),
+        ("WORLD_SIZE", "4"),
+        ("LOCAL_RANK", "3"),
+        ("LOCAL_WORLD_SIZE", "2"),
+    ]);
+    assert_eq!(info.local_size, 4);
+}

@@ -11,6 +11,10 @@
 //! ([`wave::combine`]), mapped back to real features (concat + linear, or magnitude) and passed
 //! through `LayerNorm(h + FFN(h))`. Layers stack residually.
 //!
+//! Batches come padded (`(B, T)` ids and a mask) or packed ([`Packed`], the varlen layout of
+//! [`packed`]: only the real tokens, per-input sums as segment reductions), which skips all
+//! work on padding and gives the same outputs up to rounding.
+//!
 //! ```no_run
 //! use tch::{nn, Device, Kind, Tensor};
 //! use wave_model::{ModelConfig, WaveNetwork};
@@ -33,10 +37,12 @@ mod counts;
 mod error;
 mod network;
 pub mod noise;
+pub mod packed;
 pub mod wave;
 
 pub use config::{Head, Mode, ModelConfig, Pooling, PositionEncoding, ToReal};
 pub use counts::ParamCounts;
 pub use error::Error;
-pub use network::WaveNetwork;
+pub use network::{WaveNetwork, TOKEN_EMBEDDING};
 pub use noise::SampleNoise;
+pub use packed::{Layout, Packed};

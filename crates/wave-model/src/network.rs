@@ -1,11 +1,11 @@
 //! Layers, heads and the whole network.
 
 use tch::nn::{self, Module};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::noise::{dropout_stream, SampleNoise};
 use crate::wave::{combine, imaginary_part, modulation_magnitude};
-use crate::{Error, Head, Mode, ModelConfig, Pooling, PositionEncoding, ToReal};
+use crate::{Error, Head, Layout, Mode, ModelConfig, Packed, Pooling, PositionEncoding, ToReal};
 
 /// One wave layer: two projections → complex representation → combination → real features →
 /// `LayerNorm(h + FFN(h))`.
@@ -36,31 +36,57 @@ impl WaveLayer {
         }
     }
 
-    /// `x`: `(B, T, D)`; `mask`: `(B, T, 1)` in x's kind. Returns `(B, T, D)`.
-    fn forward(&self, x: &Tensor, mask: &Tensor, cfg: &ModelConfig) -> Tensor {
+    /// `x`: `(B, T, D)` padded or `(N, D)` packed, as `layout` says, in the residual kind
+    /// (fp32). Returns the same shape and kind; matrix products run in `compute`.
+    fn forward(&self, x: &Tensor, layout: Layout, cfg: &ModelConfig, compute: Kind) -> Tensor {
         let causal = cfg.head == Head::CausalLm;
+        let kind = x.kind();
+        let ffn = |h: &Tensor| {
+            let inner = project(&self.ffn_in, h, compute).gelu("none");
+            project(&self.ffn_out, &inner, compute).to_kind(kind)
+        };
         // Mask after the projection: the bias would otherwise put padding into the norms.
-        let u = self.proj_u.forward(x) * mask;
-        let v = self.proj_v.forward(x) * mask;
+        let u = layout.mask(project(&self.proj_u, x, compute));
+        let v = layout.mask(project(&self.proj_v, x, compute));
         if cfg.mode == Mode::Modulation && cfg.to_real == ToReal::Magnitude && !causal {
             // The magnitude after modulation is G_u * G_v, the same for every token of an input:
-            // run the feed-forward block once per input (B, 1, D) instead of once per token. This
+            // run the feed-forward block once per input instead of once per token. This
             // halves the matrix products of the paper's best classifier, with identical outputs.
-            let h = modulation_magnitude(&u, &v, cfg.eps).to_kind(x.kind());
-            let ffn = self.ffn_out.forward(&self.ffn_in.forward(&h).gelu("none"));
-            return self.norm.forward(&(h + ffn)).expand_as(x);
+            let h = modulation_magnitude(&u, &v, layout, cfg.eps).to_kind(kind);
+            let out = self.norm.forward(&(&h + ffn(&h)));
+            return layout.to_tokens(&out, x);
         }
-        let s_u = imaginary_part(&u, causal, cfg.eps);
-        let s_v = imaginary_part(&v, causal, cfg.eps);
+        let s_u = imaginary_part(&u, layout, causal, cfg.eps);
+        let s_v = imaginary_part(&v, layout, causal, cfg.eps);
         let (re, im) = combine(cfg.mode, &u, &s_u, &v, &s_v);
         let h = match &self.to_real {
-            Some(linear) => linear.forward(&Tensor::cat(&[re, im], -1).to_kind(x.kind())),
-            None => (re.square() + im.square() + cfg.eps)
-                .sqrt()
-                .to_kind(x.kind()),
+            Some(linear) => project(linear, &Tensor::cat(&[re, im], -1), compute).to_kind(kind),
+            None => (re.square() + im.square() + cfg.eps).sqrt().to_kind(kind),
         };
-        let ffn = self.ffn_out.forward(&self.ffn_in.forward(&h).gelu("none"));
-        self.norm.forward(&(h + ffn))
+        // The residual sum and the layer norm stay in the residual kind.
+        self.norm.forward(&(&h + ffn(&h)))
+    }
+}
+
+/// `t` cast to `compute` when that is bfloat16; otherwise `t` itself (fp32, and
+/// the f64 of tests compute in the weights' own kind).
+fn in_compute(t: &Tensor, compute: Kind) -> Tensor {
+    match compute {
+        Kind::BFloat16 => t.to_kind(compute),
+        _ => t.shallow_clone(),
+    }
+}
+
+/// `layer(x)` with its matrix product in `compute`: for bfloat16 the layer's
+/// (fp32 master) weights and the input are cast for the product, so gradients flow back into
+/// the fp32 weights; otherwise it is `layer.forward(x)`.
+fn project(layer: &nn::Linear, x: &Tensor, compute: Kind) -> Tensor {
+    match compute {
+        Kind::BFloat16 => in_compute(x, compute).linear(
+            &in_compute(&layer.ws, compute),
+            layer.bs.as_ref().map(|b| in_compute(b, compute)),
+        ),
+        _ => layer.forward(x),
     }
 }
 
@@ -94,10 +120,23 @@ enum OutputHead {
     },
 }
 
+/// Name of the token embedding table among the variables of a network built at the root of a
+/// `VarStore` (`vocab x d`; its gradient is row-sparse unless a tied language-model head uses
+/// the whole table).
+pub const TOKEN_EMBEDDING: &str = "token_embedding.weight";
+
 /// A Wave Network: embedding, position encoding, stacked wave layers, one head.
+///
+/// Every entry point exists for padded `(B, T)` inputs with a mask and for the varlen layout
+/// ([`Packed`]: real tokens only, see [`crate::packed`]); both give the same outputs up to
+/// rounding, with the same dropout masks. On the CPU the token embedding produces a sparse
+/// (row) gradient, which is accumulated into a dense `.grad` when one exists: the backward pass
+/// then touches only the rows the batch used instead of zeroing and adding the whole
+/// `vocab x d` table. On CUDA it stays dense, whose backward kernel is deterministic.
 #[derive(Debug)]
 pub struct WaveNetwork {
     cfg: ModelConfig,
+    compute: Kind,
     token_embedding: nn::Embedding,
     position: Position,
     layers: Vec<WaveLayer>,
@@ -117,8 +156,15 @@ impl WaveNetwork {
             },
             ..Default::default()
         };
-        let token_embedding =
-            nn::embedding(p / "token_embedding", cfg.vocab_size as i64, d, emb_cfg);
+        let token_embedding = nn::embedding(
+            p / "token_embedding",
+            cfg.vocab_size as i64,
+            d,
+            nn::EmbeddingConfig {
+                sparse: p.device() == Device::Cpu,
+                ..emb_cfg
+            },
+        );
         let position = match cfg.position {
             PositionEncoding::None => Position::None,
             PositionEncoding::Learned => Position::Learned(nn::embedding(
@@ -152,6 +198,7 @@ impl WaveNetwork {
         };
         Ok(WaveNetwork {
             cfg: cfg.clone(),
+            compute: Kind::Float,
             token_embedding,
             position,
             layers,
@@ -164,6 +211,27 @@ impl WaveNetwork {
         &self.cfg
     }
 
+    /// Runs the matrix products in `kind`: `Float` (the default) or `BFloat16`. Mixed precision
+    /// as the GPU wants it: weights, optimizer state, the residual stream, the wave norm block
+    /// (sums of squares, see [`crate::wave`]), layer norms and the loss stay fp32; only the
+    /// products' inputs are cast, so gradients reach the fp32 master weights.
+    pub fn set_compute_kind(&mut self, kind: Kind) -> Result<(), Error> {
+        match kind {
+            Kind::Float | Kind::BFloat16 => {
+                self.compute = kind;
+                Ok(())
+            }
+            other => Err(Error::BadInput(format!(
+                "matrix products run in Float or BFloat16, not {other:?}"
+            ))),
+        }
+    }
+
+    /// The kind the matrix products run in.
+    pub fn compute_kind(&self) -> Kind {
+        self.compute
+    }
+
     fn check_inputs(&self, ids: &Tensor, mask: &Tensor) -> Result<(), Error> {
         let (shape, mshape) = (ids.size(), mask.size());
         if shape.len() != 2 || shape != mshape {
@@ -171,14 +239,55 @@ impl WaveNetwork {
                 "ids {shape:?} and mask {mshape:?} must both be (batch, tokens)"
             )));
         }
-        if self.cfg.position != PositionEncoding::None && shape[1] as usize > self.cfg.max_positions
-        {
+        self.check_length(shape[1])
+    }
+
+    fn check_length(&self, tokens: i64) -> Result<(), Error> {
+        if self.cfg.position != PositionEncoding::None && tokens as usize > self.cfg.max_positions {
             return Err(Error::BadInput(format!(
-                "{} tokens exceed model.max_positions = {}",
-                shape[1], self.cfg.max_positions
+                "{tokens} tokens exceed model.max_positions = {}",
+                self.cfg.max_positions
             )));
         }
         Ok(())
+    }
+
+    fn check_noise(dropout: Option<&SampleNoise>, rows: i64) -> Result<(), Error> {
+        match dropout {
+            Some(noise) if noise.rows() != rows => Err(Error::BadInput(format!(
+                "dropout keys for {} samples, batch has {rows}",
+                noise.rows()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Token embedding plus the position encoding at `positions` (`(T,)`, broadcast over the
+    /// rows of padded ids `(B, T)`, or `(N,)` alongside packed ids `(N,)`).
+    fn embed(&self, ids: &Tensor, positions: &Tensor) -> Tensor {
+        let x = self.token_embedding.forward(ids);
+        match &self.position {
+            Position::None => x,
+            Position::Learned(table) => x + table.forward(positions),
+            Position::Sinusoidal(table) => {
+                let kind = x.kind();
+                x + table.index_select(0, positions).to_kind(kind)
+            }
+        }
+    }
+
+    /// The stacked layers over embedded tokens `x` laid out as `layout`.
+    fn trunk(&self, x: Tensor, layout: Layout, dropout: Option<&SampleNoise>) -> Tensor {
+        let mut x = layout.mask(x);
+        for (l, layer) in self.layers.iter().enumerate() {
+            let out = layer.forward(&x, layout, &self.cfg, self.compute);
+            let out = match dropout {
+                Some(noise) => layout.dropout(noise, &out, self.cfg.dropout, dropout_stream(l)),
+                None => out,
+            };
+            x = layout.mask(&x + out);
+        }
+        x
     }
 
     /// Token features `(B, T, D)` for ids `(B, T)` (int64) and mask `(B, T)` (1 = real token).
@@ -191,40 +300,24 @@ impl WaveNetwork {
         dropout: Option<&SampleNoise>,
     ) -> Result<Tensor, Error> {
         self.check_inputs(ids, mask)?;
-        if let Some(noise) = dropout {
-            if noise.rows() != ids.size()[0] {
-                return Err(Error::BadInput(format!(
-                    "dropout keys for {} samples, batch has {}",
-                    noise.rows(),
-                    ids.size()[0]
-                )));
-            }
-        }
-        let t = ids.size()[1];
-        let mut x = self.token_embedding.forward(ids);
-        match &self.position {
-            Position::None => {}
-            Position::Learned(table) => {
-                x = x + table
-                    .forward(&Tensor::arange(t, (Kind::Int64, ids.device())))
-                    .unsqueeze(0)
-            }
-            Position::Sinusoidal(table) => {
-                let kind = x.kind();
-                x = x + table.narrow(0, 0, t).unsqueeze(0).to_kind(kind)
-            }
-        }
+        Self::check_noise(dropout, ids.size()[0])?;
+        let positions = Tensor::arange(ids.size()[1], (Kind::Int64, ids.device()));
+        let x = self.embed(ids, &positions);
         let m = mask.to_kind(x.kind()).unsqueeze(-1);
-        x = x * &m;
-        for (l, layer) in self.layers.iter().enumerate() {
-            let out = layer.forward(&x, &m, &self.cfg);
-            let out = match dropout {
-                Some(noise) => noise.dropout(&out, self.cfg.dropout, dropout_stream(l)),
-                None => out,
-            };
-            x = (&x + out) * &m;
-        }
-        Ok(x)
+        Ok(self.trunk(x, Layout::Padded(&m), dropout))
+    }
+
+    /// Token features `(N, D)` of the packed tokens (the varlen layout): equal, token for token,
+    /// to [`WaveNetwork::encode`] of the padded batch they were packed from.
+    pub fn encode_packed(
+        &self,
+        packed: &Packed,
+        dropout: Option<&SampleNoise>,
+    ) -> Result<Tensor, Error> {
+        self.check_length(packed.seq_len())?;
+        Self::check_noise(dropout, packed.batch())?;
+        let x = self.embed(packed.ids(), packed.positions());
+        Ok(self.trunk(x, Layout::Packed(packed), dropout))
     }
 
     /// Pooled features `(B, D)`: masked mean, or the first token. Fully masked rows give zeros.
@@ -241,6 +334,46 @@ impl WaveNetwork {
         }
     }
 
+    /// [`WaveNetwork::pool`] of packed features `(N, D)`.
+    pub fn pool_packed(&self, features: &Tensor, packed: &Packed) -> Tensor {
+        match self.cfg.pooling {
+            Pooling::First => packed.first_token(features),
+            Pooling::Mean => {
+                let count = packed
+                    .lengths()
+                    .to_kind(features.kind())
+                    .clamp_min(1.0)
+                    .unsqueeze(1);
+                packed.row_sum(features) / count
+            }
+        }
+    }
+
+    fn classifier(&self) -> Result<&nn::Linear, Error> {
+        match &self.head {
+            OutputHead::Classifier(classifier) => Ok(classifier),
+            OutputHead::Tokens { .. } => Err(Error::BadInput(
+                "classify() needs model.head = \"classification\"".into(),
+            )),
+        }
+    }
+
+    /// Class logits of pooled features `(B, D)`, with the classifier-input dropout.
+    fn classify_pooled(
+        &self,
+        pooled: Tensor,
+        dropout: Option<&SampleNoise>,
+    ) -> Result<Tensor, Error> {
+        let classifier = self.classifier()?;
+        let pooled = match dropout {
+            Some(noise) => {
+                noise.dropout(&pooled, self.cfg.dropout, dropout_stream(self.cfg.n_layers))
+            }
+            None => pooled,
+        };
+        Ok(project(classifier, &pooled, self.compute).to_kind(pooled.kind()))
+    }
+
     /// Class logits `(B, C)`. Errors if the network has no classification head.
     pub fn classify(
         &self,
@@ -248,19 +381,20 @@ impl WaveNetwork {
         mask: &Tensor,
         dropout: Option<&SampleNoise>,
     ) -> Result<Tensor, Error> {
-        let OutputHead::Classifier(classifier) = &self.head else {
-            return Err(Error::BadInput(
-                "classify() needs model.head = \"classification\"".into(),
-            ));
-        };
+        self.classifier()?;
         let pooled = self.pool(&self.encode(ids, mask, dropout)?, mask);
-        let pooled = match dropout {
-            Some(noise) => {
-                noise.dropout(&pooled, self.cfg.dropout, dropout_stream(self.cfg.n_layers))
-            }
-            None => pooled,
-        };
-        Ok(classifier.forward(&pooled))
+        self.classify_pooled(pooled, dropout)
+    }
+
+    /// [`WaveNetwork::classify`] of a packed batch: class logits `(B, C)`.
+    pub fn classify_packed(
+        &self,
+        packed: &Packed,
+        dropout: Option<&SampleNoise>,
+    ) -> Result<Tensor, Error> {
+        self.classifier()?;
+        let pooled = self.pool_packed(&self.encode_packed(packed, dropout)?, packed);
+        self.classify_pooled(pooled, dropout)
     }
 
     /// Vocabulary logits `(..., V)` of token features `(..., D)` (any leading shape, e.g. only the
@@ -277,11 +411,18 @@ impl WaveNetwork {
                 "token logits need a masked_lm or causal_lm head".into(),
             ));
         };
-        let h = norm.forward(&transform.forward(features).gelu("none"));
+        let kind = features.kind();
+        let h = norm.forward(
+            &project(transform, features, self.compute)
+                .gelu("none")
+                .to_kind(kind),
+        );
         // The embedding rows are N(0, 1) (PyTorch's default, kept for the input side), so h·e has
         // variance d: scaling by 1/sqrt(d) starts the logits at unit scale (loss ≈ ln V).
         let scale = 1.0 / (self.cfg.d_model as f64).sqrt();
-        Ok(h.matmul(&self.token_embedding.ws.tr()) * scale + bias)
+        let table = in_compute(&self.token_embedding.ws, self.compute);
+        let logits = in_compute(&h, self.compute).matmul(&table.tr());
+        Ok(logits.to_kind(kind) * scale + bias)
     }
 
     /// Vocabulary logits `(B, T, V)` at every position (tests and small inputs; training gathers

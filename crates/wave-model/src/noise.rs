@@ -123,12 +123,91 @@ impl SampleNoise {
         self.keys.size()[0]
     }
 
-    /// Per-(sample, position) keys `(B, T)` of `stream`, for positions `0..t`.
-    pub fn token_keys(&self, stream: u64, t: i64) -> Tensor {
+    /// The two halves of a token key of `stream`: per sample `(B,)` and per position `(t,)`.
+    /// A token's key is `mix32(sample part + position part)`, whatever the layout.
+    fn key_parts(&self, stream: u64, t: i64) -> (Tensor, Tensor) {
         let salt = hash_words(&[self.seed, self.step, stream]);
         let per_sample = mix32_tensor(&self.keys.bitwise_xor(i64::from(salt as u32 as i32)));
         let positions = index_constants(t, (salt >> 32) as u32, self.keys.device());
+        (per_sample, positions)
+    }
+
+    /// Per-(sample, position) keys `(B, T)` of `stream`, for positions `0..t`.
+    pub fn token_keys(&self, stream: u64, t: i64) -> Tensor {
+        let (per_sample, positions) = self.key_parts(stream, t);
         mix32_tensor(&(per_sample.unsqueeze(1) + positions.unsqueeze(0)))
+    }
+
+    /// Keys `(N,)` of `stream` for tokens at rows `rows` (indices into these samples) and
+    /// positions `positions`, both `(N,)` int64: the entries of [`SampleNoise::token_keys`] at
+    /// those coordinates, without building the padded `(B, T)` grid (the varlen layout).
+    pub fn token_keys_at(&self, stream: u64, rows: &Tensor, positions: &Tensor) -> Tensor {
+        let t = if positions.numel() == 0 {
+            0
+        } else {
+            positions.max().int64_value(&[]) + 1
+        };
+        let (per_sample, table) = self.key_parts(stream, t);
+        mix32_tensor(&(per_sample.index_select(0, rows) + table.index_select(0, positions)))
+    }
+
+    /// Salt of the per-feature constants of `stream`.
+    fn feature_salt(&self, stream: u64) -> u32 {
+        hash_words(&[self.seed, self.step, stream, 1]) as u32
+    }
+
+    /// Random words per feature `(..., d)` from token keys `(...)`.
+    fn feature_bits(&self, stream: u64, tokens: &Tensor, d: i64) -> Tensor {
+        let features = index_constants(d, self.feature_salt(stream), tokens.device());
+        let mut shape = vec![1i64; tokens.dim()];
+        shape.push(d);
+        mix32_tensor(&(tokens.unsqueeze(-1) + features.view(shape.as_slice())))
+    }
+
+    /// The inverted-dropout multiplier `(..., d)` in `kind` for token keys `(...)`: `1 / (1 - p)`
+    /// where the element's random word is not below `p`, else 0.
+    ///
+    /// On the CPU, for fp32, the words are hashed in one pass over host memory with [`mix32`]
+    /// (the tensor version takes a dozen passes over `(..., d)` int32 tensors, a sizeable part of
+    /// a layer's element-wise work); elsewhere with the tensor version. Both give the same bits
+    /// (tested).
+    fn dropout_multiplier(
+        &self,
+        stream: u64,
+        tokens: &Tensor,
+        d: i64,
+        p: f64,
+        kind: Kind,
+    ) -> Tensor {
+        let scale = 1.0 / (1.0 - p);
+        let mut shape = tokens.size();
+        shape.push(d);
+        let host_keys = (tokens.device() == Device::Cpu && kind == Kind::Float)
+            .then(|| Vec::<i32>::try_from(tokens.reshape([-1])).ok())
+            .flatten();
+        let Some(keys) = host_keys else {
+            let keep = below(&self.feature_bits(stream, tokens, d), p).logical_not();
+            return keep.to_kind(kind) * scale;
+        };
+        let salt = self.feature_salt(stream);
+        let features: Vec<u32> = (0..d.max(0) as u32)
+            .map(|i| mix32(i.wrapping_mul(0x9E37_79B9).wrapping_add(salt)))
+            .collect();
+        let threshold = threshold(p);
+        // The scalar the tensor version multiplies by: `scale` rounded to fp32.
+        let keep = scale as f32;
+        let mut out = Vec::with_capacity(keys.len() * features.len());
+        for key in keys {
+            out.extend(features.iter().map(|&f| {
+                let word = mix32((key as u32).wrapping_add(f)) as i32;
+                if i64::from(word) < threshold {
+                    0.0
+                } else {
+                    keep
+                }
+            }));
+        }
+        Tensor::from_slice(&out).view(shape.as_slice())
     }
 
     /// Random words for every (sample, position) of `stream`: `(B, T)` int32.
@@ -138,10 +217,7 @@ impl SampleNoise {
 
     /// Random words for every (sample, position, feature) of `stream`: `(B, T, D)` int32.
     pub fn element_bits(&self, stream: u64, t: i64, d: i64) -> Tensor {
-        let tokens = self.token_keys(stream, t);
-        let salt = hash_words(&[self.seed, self.step, stream, 1]);
-        let features = index_constants(d, salt as u32, tokens.device());
-        mix32_tensor(&(tokens.unsqueeze(-1) + features.view([1, 1, d])))
+        self.feature_bits(stream, &self.token_keys(stream, t), d)
     }
 
     /// Inverted dropout of `x` (`(B, T, D)` or `(B, D)`) with probability `p`, its mask drawn
@@ -151,13 +227,34 @@ impl SampleNoise {
             return x.shallow_clone();
         }
         let size = x.size();
-        let bits = match size.as_slice() {
-            [_, t, d] => self.element_bits(stream, *t, *d),
-            [_, d] => self.element_bits(stream, 1, *d).squeeze_dim(1),
+        let multiplier = match size.as_slice() {
+            [_, t, d] => {
+                self.dropout_multiplier(stream, &self.token_keys(stream, *t), *d, p, x.kind())
+            }
+            [_, d] => self
+                .dropout_multiplier(stream, &self.token_keys(stream, 1), *d, p, x.kind())
+                .squeeze_dim(1),
             _ => return x.shallow_clone(),
         };
-        let keep = below(&bits, p).logical_not().to_kind(x.kind());
-        x * keep * (1.0 / (1.0 - p))
+        x * multiplier
+    }
+
+    /// Inverted dropout of packed token features `x` `(N, D)` whose tokens sit at `rows` and
+    /// `positions` (`(N,)` each): the same mask, element for element, as [`SampleNoise::dropout`]
+    /// draws for those tokens in the padded layout.
+    pub fn dropout_at(
+        &self,
+        x: &Tensor,
+        p: f64,
+        stream: u64,
+        rows: &Tensor,
+        positions: &Tensor,
+    ) -> Tensor {
+        if p <= 0.0 || x.dim() != 2 {
+            return x.shallow_clone();
+        }
+        let tokens = self.token_keys_at(stream, rows, positions);
+        x * self.dropout_multiplier(stream, &tokens, x.size()[1], p, x.kind())
     }
 }
 
@@ -196,6 +293,26 @@ mod tests {
             (max - 1.0 / 0.75).abs() < 1e-6,
             "kept values are rescaled, got {max}"
         );
+    }
+
+    #[test]
+    fn the_host_dropout_mask_equals_the_tensor_mask_bit_for_bit() {
+        let noise = SampleNoise::new(9, 4, &(0..37).collect::<Vec<u64>>(), Device::Cpu);
+        let tokens = noise.token_keys(3, 29);
+        for p in [0.1, 0.5, 0.9] {
+            let host = noise.dropout_multiplier(3, &tokens, 61, p, Kind::Float);
+            // The tensor version (as on a GPU), and the historical `x * keep * scale` on ones.
+            let keep = below(&noise.feature_bits(3, &tokens, 61), p).logical_not();
+            let tensor = keep.to_kind(Kind::Float) * (1.0 / (1.0 - p));
+            let ones = Tensor::ones([37, 29, 61], (Kind::Float, Device::Cpu));
+            let historical = &ones * keep.to_kind(Kind::Float) * (1.0 / (1.0 - p));
+            assert_eq!(host.size(), vec![37, 29, 61]);
+            assert!(host.equal(&tensor), "p = {p}: host and tensor masks differ");
+            assert!((ones * &host).equal(&historical), "p = {p}");
+        }
+        // Other kinds take the tensor version.
+        let double = noise.dropout_multiplier(3, &tokens, 61, 0.5, Kind::Double);
+        assert_eq!(double.kind(), Kind::Double);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use tch::{Kind, Tensor};
 
-use crate::Mode;
+use crate::{Layout, Mode};
 
 /// Kind the norm block runs in: fp32 for half types (sums of squares overflow fp16, and bf16
 /// cancels badly in `S - u^2`), otherwise the input's own kind (f64 stays f64 for tests).
@@ -18,19 +18,16 @@ fn block_kind(kind: Kind) -> Kind {
 }
 
 /// Imaginary part `s = sqrt(clamp(S - u^2, 0) + eps)` of every token, where `S` is the sum of
-/// squares over the sequence (or over the prefix `<= j` when `causal`).
+/// squares over the token's input (or over its prefix `<= j` when `causal`).
 ///
-/// `u`: `(B, T, D)`, already multiplied by the mask so padding contributes nothing to `S`.
-/// The eps sits inside the root because `d sqrt(x)/dx` is infinite at 0 and a clamp alone still
-/// lets that through (one-token inputs and identical tokens hit exactly 0).
-pub fn imaginary_part(u: &Tensor, causal: bool, eps: f64) -> Tensor {
+/// `u`: `(B, T, D)` in [`Layout::Padded`], already multiplied by the mask so padding contributes
+/// nothing to `S`; `(N, D)` in [`Layout::Packed`]. The eps sits inside the root because
+/// `d sqrt(x)/dx` is infinite at 0 and a clamp alone still lets that through (one-token inputs and
+/// identical tokens hit exactly 0).
+pub fn imaginary_part(u: &Tensor, layout: Layout, causal: bool, eps: f64) -> Tensor {
     let u = u.to_kind(block_kind(u.kind()));
     let sq = u.square();
-    let total = if causal {
-        sq.cumsum(1, None::<Kind>)
-    } else {
-        sq.sum_dim_intlist(&[1i64][..], true, None::<Kind>)
-    };
+    let total = layout.sequence_sum(&sq, causal);
     ((total - &sq).clamp_min(0.0) + eps).sqrt()
 }
 
@@ -46,16 +43,13 @@ pub fn combine(mode: Mode, u: &Tensor, s_u: &Tensor, v: &Tensor, s_v: &Tensor) -
 
 /// `sqrt(R^2 + I^2 + eps)` of the modulation of two full-sequence (non-causal) variants, without
 /// forming `R` and `I`: `|Z_u Z_v|^2 = (u^2 + s_u^2)(v^2 + s_v^2) = (S_u + eps)(S_v + eps)` for
-/// every token (DESIGN §2), so the result is one `(B, 1, D)` row per input.
+/// every token, so the result is one row per input: `(B, 1, D)` padded, `(B, D)` packed
+/// ([`Layout::input_sum`]).
 ///
-/// `u`, `v`: `(B, T, D)`, masked. Equal to the general path up to rounding (tested).
-pub fn modulation_magnitude(u: &Tensor, v: &Tensor, eps: f64) -> Tensor {
+/// `u`, `v`: masked `(B, T, D)` or packed `(N, D)`. Equal to the general path up to rounding
+/// (tested).
+pub fn modulation_magnitude(u: &Tensor, v: &Tensor, layout: Layout, eps: f64) -> Tensor {
     let kind = block_kind(u.kind());
-    let energy = |t: &Tensor| {
-        t.to_kind(kind)
-            .square()
-            .sum_dim_intlist(&[1i64][..], true, None::<Kind>)
-            + eps
-    };
+    let energy = |t: &Tensor| layout.input_sum(&t.to_kind(kind).square()) + eps;
     (energy(u) * energy(v) + eps).sqrt()
 }

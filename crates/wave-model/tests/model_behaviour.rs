@@ -2,7 +2,13 @@
 
 use tch::{nn, Device, Kind, Tensor};
 use wave_model::wave::{combine, imaginary_part, modulation_magnitude};
-use wave_model::{Head, Mode, ModelConfig, Pooling, PositionEncoding, ToReal, WaveNetwork};
+use wave_model::{Head, Layout, Mode, ModelConfig, Pooling, PositionEncoding, ToReal, WaveNetwork};
+
+/// A mask for [`Layout::Padded`] in the pure functions of `wave`, whose inputs are already
+/// masked (their reductions do not read it).
+fn no_mask() -> Tensor {
+    Tensor::ones([1], (Kind::Float, Device::Cpu))
+}
 
 fn config(mode: Mode, to_real: ToReal, position: PositionEncoding) -> ModelConfig {
     ModelConfig {
@@ -70,8 +76,8 @@ fn cartesian_form_equals_the_papers_polar_formula_in_both_modes() {
     let u = Tensor::randn([3, 9, 8], opts);
     let v = Tensor::randn([3, 9, 8], opts);
     let (s_u, s_v) = (
-        imaginary_part(&u, false, 1e-6),
-        imaginary_part(&v, false, 1e-6),
+        imaginary_part(&u, Layout::Padded(&no_mask()), false, 1e-6),
+        imaginary_part(&v, Layout::Padded(&no_mask()), false, 1e-6),
     );
     let ((ru, iu), (rv, iv)) = (polar(&u), polar(&v));
     for mode in [Mode::Interference, Mode::Modulation] {
@@ -97,12 +103,13 @@ fn modulation_magnitude_shortcut_equals_the_general_path() {
     let (re, im) = combine(
         Mode::Modulation,
         &u,
-        &imaginary_part(&u, false, eps),
+        &imaginary_part(&u, Layout::Padded(&no_mask()), false, eps),
         &v,
-        &imaginary_part(&v, false, eps),
+        &imaginary_part(&v, Layout::Padded(&no_mask()), false, eps),
     );
     let general = (re.square() + im.square() + eps).sqrt();
-    let shortcut = modulation_magnitude(&u, &v, eps).expand_as(&general);
+    let shortcut =
+        modulation_magnitude(&u, &v, Layout::Padded(&no_mask()), eps).expand_as(&general);
     let rel = ((&general - &shortcut).abs() / &general)
         .max()
         .double_value(&[]);
@@ -112,7 +119,10 @@ fn modulation_magnitude_shortcut_equals_the_general_path() {
 #[test]
 fn norm_block_runs_in_fp32_for_half_precision_inputs() {
     let u = Tensor::randn([2, 4, 8], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
-    assert_eq!(imaginary_part(&u, false, 1e-6).kind(), Kind::Float);
+    assert_eq!(
+        imaginary_part(&u, Layout::Padded(&no_mask()), false, 1e-6).kind(),
+        Kind::Float
+    );
 }
 
 #[test]
@@ -154,6 +164,12 @@ fn assert_finite_gradients(cfg: &ModelConfig, ids: &Tensor, mask: &Tensor, what:
     for (name, var) in vs.variables() {
         let grad = var.grad();
         if grad.defined() {
+            // The token embedding's gradient is sparse (rows) on the CPU.
+            let grad = if grad.is_sparse() {
+                grad.to_dense(None, false)
+            } else {
+                grad
+            };
             let finite = bool::try_from(grad.isfinite().all()).expect("bool");
             assert!(finite, "{what}: gradient of {name} not finite for {cfg:?}");
         }
@@ -354,4 +370,65 @@ fn inputs_longer_than_the_position_table_are_rejected() {
         .expect_err("too long")
         .to_string();
     assert!(err.contains("max_positions"), "{err}");
+}
+
+#[test]
+fn bf16_products_stay_close_to_fp32_and_train_fp32_master_weights() {
+    let cases = [
+        config(Mode::Modulation, ToReal::Concat, PositionEncoding::Learned),
+        config(Mode::Modulation, ToReal::Magnitude, PositionEncoding::None),
+        ModelConfig {
+            head: Head::CausalLm,
+            ..config(
+                Mode::Interference,
+                ToReal::Concat,
+                PositionEncoding::Sinusoidal,
+            )
+        },
+    ];
+    let input = ids(&[&[5, 9, 3, 7, 11, 2], &[4, 8, 15, 16, 0, 0]]);
+    let mask = ids(&[&[1, 1, 1, 1, 1, 1], &[1, 1, 1, 1, 0, 0]]);
+    for cfg in cases {
+        let (vs, mut net) = build(&cfg);
+        let out = |net: &WaveNetwork| match cfg.head {
+            Head::Classification => net.classify(&input, &mask, None),
+            _ => net.token_logits(&input, &mask, None),
+        };
+        let full = out(&net).expect("fp32");
+        net.set_compute_kind(Kind::BFloat16).expect("bf16");
+        let half = out(&net).expect("bf16");
+        assert_eq!(half.kind(), Kind::Float, "outputs come back in fp32");
+        assert!(bool::try_from(half.isfinite().all()).expect("bool"));
+        let scale = full.abs().max().double_value(&[]).max(1.0);
+        let diff = max_abs_diff(&full, &half);
+        // bf16 keeps 8 significant bits: ~0.4% per product.
+        assert!(
+            diff <= 0.05 * scale,
+            "{cfg:?}: bf16 off by {diff} (scale {scale})"
+        );
+        assert!(diff > 0.0, "{cfg:?}: bf16 changed nothing");
+        half.sum(Kind::Float).backward();
+        for (name, var) in vs.variables() {
+            assert_eq!(var.kind(), Kind::Float, "{name}: master weights stay fp32");
+            let grad = var.grad();
+            if grad.defined() {
+                let grad = if grad.is_sparse() {
+                    grad.to_dense(None, false)
+                } else {
+                    grad
+                };
+                assert_eq!(grad.kind(), Kind::Float, "{name}: gradient kind");
+                assert!(
+                    bool::try_from(grad.isfinite().all()).expect("bool"),
+                    "{name}"
+                );
+            }
+        }
+    }
+    let (_vs, mut net) = build(&config(
+        Mode::Modulation,
+        ToReal::Concat,
+        PositionEncoding::None,
+    ));
+    assert!(net.set_compute_kind(Kind::Int64).is_err());
 }

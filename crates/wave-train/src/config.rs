@@ -22,6 +22,29 @@ pub enum Schedule {
     Constant,
 }
 
+/// `train.precision`: the kind the matrix products run in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Everything in fp32.
+    #[default]
+    Fp32,
+    /// Matrix products in bfloat16; weights, optimizer state, residual stream, the wave norm
+    /// block, layer norms and the loss in fp32 (meant for GPUs: CPUs without bf16 units emulate
+    /// it slowly).
+    Bf16,
+}
+
+impl Precision {
+    /// The tensor kind of the matrix products.
+    pub fn kind(self) -> tch::Kind {
+        match self {
+            Precision::Fp32 => tch::Kind::Float,
+            Precision::Bf16 => tch::Kind::BFloat16,
+        }
+    }
+}
+
 /// Where training starts: `train.resume = "never" | "auto" | <step> | "<checkpoint URL>"`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "ResumeValue", into = "ResumeValue")]
@@ -121,6 +144,18 @@ pub struct TrainConfig {
     pub grad_accum_steps: usize,
     /// Gradient all-reduce bucket size in MiB (one collective per bucket, after the last micro-batch).
     pub bucket_mb: f64,
+    /// Run the network on the real tokens only (the varlen layout of `wave_model::packed`):
+    /// the same losses and dropout masks as padded batches up to rounding, without computing a
+    /// single padding slot. `false` computes the padded `(batch, length)` grid.
+    pub unpadded: bool,
+    /// Reduce only the token-embedding rows that some rank's batch touched (the ranks agree on
+    /// them every step; the other rows' gradients are zero everywhere). A table whose gradient
+    /// turns out dense (a tied language-model head) takes the dense all-reduce automatically;
+    /// `false` always all-reduces the whole table.
+    pub sparse_embedding_sync: bool,
+    /// `"fp32"` or `"bf16"` (matrix products in bfloat16 with fp32 master weights, optimizer,
+    /// norms and loss; see [`Precision`]).
+    pub precision: Precision,
     /// Evaluate every N optimizer steps (and always at the end); 0 = only at the end.
     pub eval_every_steps: u64,
     /// Cap on evaluation batches per evaluation; 0 = the whole split.
@@ -129,8 +164,10 @@ pub struct TrainConfig {
     pub log_every_steps: u64,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
-    /// libtorch intra-op threads; 0 = libtorch's default (all cores), or 1 per rank when several
-    /// ranks share a machine (libgomp spin-waits: oversubscribed cores make steps 5-20x slower).
+    /// libtorch intra-op threads per rank; 0 = an equal share of the node's cores for each of
+    /// the ranks on it (from the launcher's local size), capped by the cores this process may
+    /// use, at least 1. libgomp spin-waits, so ranks that together ask for more threads than
+    /// cores get several times slower ([`crate::threads`]).
     pub threads: usize,
     /// Folder for metrics, the resolved config and the final weights; "" = `runs/<name>`.
     pub run_dir: String,
@@ -166,6 +203,9 @@ impl Default for TrainConfig {
             grad_clip: 1.0,
             grad_accum_steps: 1,
             bucket_mb: 25.0,
+            unpadded: true,
+            sparse_embedding_sync: true,
+            precision: Precision::Fp32,
             eval_every_steps: 0,
             eval_max_batches: 0,
             log_every_steps: 10,

@@ -30,7 +30,7 @@ use crate::objective::{
 use crate::parallel::sum_over_ranks;
 use crate::state::{build_objective, open_data, resolve_model};
 use crate::stop::StopSignal;
-use crate::trainer::{set_threads, Params};
+use crate::trainer::Params;
 use crate::Error;
 
 /// How often a loader wait looks at the stop signal.
@@ -169,13 +169,16 @@ fn eval_batches(
             Fetched::End => return Ok((sums, false)),
             Fetched::Waiting => continue,
         };
-        let prepared = data.objective.prepare(
+        let mut prepared = data.objective.prepare(
             &batch,
             0..batch.rows,
             EVAL_MASK_SEED,
             EVAL_MASK_STEP,
             data.device,
         );
+        if data.cfg.train.unpadded {
+            prepared = prepared.into_packed()?;
+        }
         sums.add(score(&prepared)?);
         batches += 1;
     }
@@ -262,7 +265,7 @@ struct LoadedRun {
 
 fn load_run(cfg: &JobConfig, weights: &Path) -> Result<LoadedRun, Error> {
     let device = parse_device(&cfg.train.device)?;
-    set_threads(cfg.train.threads);
+    crate::threads::apply(cfg.train.threads, &wave_comm::RankInfo::single());
     let (dataset, encoder) = open_data(cfg)?;
     let model_cfg = resolve_model(cfg, encoder.as_deref(), &dataset)?;
     let objective = build_objective(cfg, encoder.as_deref(), &model_cfg, device)?;

@@ -35,13 +35,17 @@ mod state;
 mod step;
 pub mod stop;
 pub mod tensorboard;
+pub mod threads;
 mod trainer;
 mod window;
 
-pub use config::{CheckpointConfig, JobConfig, OnFailure, Resume, Schedule, TrainConfig};
+pub use config::{
+    CheckpointConfig, JobConfig, OnFailure, Precision, Resume, Schedule, TrainConfig,
+};
 pub use device::parse_device;
 pub use error::Error;
 pub use eval::{evaluate_run, logits_of_run, unigram_baseline_of_run, EvalResult};
 pub use objective::{Objective, ObjectiveKind};
+pub use parallel::{GradientBuckets, SyncStats};
 pub use state::open_data;
 pub use trainer::{train, Params, RunSummary};

@@ -68,6 +68,13 @@ pub struct TrainRecord {
     pub comm_s: f64,
     /// Seconds of the window spent waiting for slower ranks before averaging.
     pub skew_s: f64,
+    /// Bytes one rank put into the gradient collectives per step, averaged over the window and
+    /// the ranks (0 with one rank: nothing is sent). Row-sparse embedding sync sends only the
+    /// touched rows plus one flag per table row.
+    pub grad_bytes_per_step: f64,
+    /// What the dense all-reduce of every gradient puts in per step (4 bytes per parameter),
+    /// for comparison with `grad_bytes_per_step`.
+    pub dense_grad_bytes_per_step: f64,
 }
 
 /// One `kind = "eval"` metrics line.

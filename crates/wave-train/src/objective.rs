@@ -32,7 +32,7 @@ use wave_data::{Batch, IGNORE_LABEL};
 use wave_model::noise::{
     below, uniform, STREAM_MLM_ACTION, STREAM_MLM_RANDOM_TOKEN, STREAM_MLM_SELECT,
 };
-use wave_model::{Head, SampleNoise, WaveNetwork};
+use wave_model::{Head, Packed, SampleNoise, WaveNetwork};
 
 use crate::Error;
 
@@ -147,6 +147,8 @@ pub struct Prepared {
     pub ids: Tensor,
     /// 1 for real tokens `(B, T)`.
     pub mask: Tensor,
+    /// The real tokens of `ids` alone, when the network runs unpadded ([`Prepared::into_packed`]).
+    pub packed: Option<Packed>,
     /// Per-sample keys of this step (dropout masks are drawn from them).
     pub noise: SampleNoise,
     target: Target,
@@ -155,12 +157,48 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Flat positions (into `(B * T)`) and target ids of a token objective.
+    /// Token positions and target ids of a token objective: flat positions into `(B * T)`, or
+    /// indices of the packed tokens once packed.
     pub fn token_targets(&self) -> Option<(&Tensor, &Tensor)> {
         match &self.target {
             Target::Tokens { index, ids } => Some((index, ids)),
             Target::Rows(_) => None,
         }
+    }
+
+    /// The same micro-batch for the varlen layout: the network then computes real tokens only
+    /// (same results up to rounding, same dropout masks), and token targets address the packed
+    /// tokens.
+    pub fn into_packed(self) -> Result<Prepared, Error> {
+        let packed = Packed::from_padded(&self.ids, &self.mask)?;
+        let target = match self.target {
+            Target::Tokens { index, ids } => Target::Tokens {
+                index: packed.packed_index_of(&index)?,
+                ids,
+            },
+            rows => rows,
+        };
+        Ok(Prepared {
+            packed: Some(packed),
+            target,
+            ..self
+        })
+    }
+
+    /// Features of every token: `(B, T, D)` padded or `(N, D)` packed.
+    fn encode(&self, net: &WaveNetwork, dropout: Option<&SampleNoise>) -> Result<Tensor, Error> {
+        Ok(match &self.packed {
+            Some(packed) => net.encode_packed(packed, dropout)?,
+            None => net.encode(&self.ids, &self.mask, dropout)?,
+        })
+    }
+
+    /// Class logits `(B, C)`.
+    fn classify(&self, net: &WaveNetwork, dropout: Option<&SampleNoise>) -> Result<Tensor, Error> {
+        Ok(match &self.packed {
+            Some(packed) => net.classify_packed(packed, dropout)?,
+            None => net.classify(&self.ids, &self.mask, dropout)?,
+        })
     }
 }
 
@@ -273,6 +311,7 @@ impl Objective {
         Prepared {
             ids,
             mask,
+            packed: None,
             noise,
             target,
             count,
@@ -285,7 +324,7 @@ impl Objective {
     pub fn loss_backward(&self, net: &WaveNetwork, p: &Prepared, scale: f64) -> Result<f64, Error> {
         match &p.target {
             Target::Rows(labels) => {
-                let logits = net.classify(&p.ids, &p.mask, Some(&p.noise))?;
+                let logits = p.classify(net, Some(&p.noise))?;
                 let loss = logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
                     labels,
                     None,
@@ -297,7 +336,7 @@ impl Objective {
                 Ok(loss.double_value(&[]))
             }
             Target::Tokens { index, ids } => {
-                let features = net.encode(&p.ids, &p.mask, Some(&p.noise))?;
+                let features = p.encode(net, Some(&p.noise))?;
                 Ok(token_loss(net, &features, index, ids, Some(scale))?.0)
             }
         }
@@ -313,7 +352,7 @@ impl Objective {
             let rows = rows.sum(Kind::Int64).int64_value(&[]) as f64;
             let (loss_sum, correct) = match &p.target {
                 Target::Rows(labels) => {
-                    let logits = net.classify(&p.ids, &p.mask, None)?.to_kind(Kind::Float);
+                    let logits = p.classify(net, None)?.to_kind(Kind::Float);
                     let loss = logits
                         .cross_entropy_loss::<Tensor>(
                             labels,
@@ -332,7 +371,7 @@ impl Objective {
                     (loss, correct)
                 }
                 Target::Tokens { index, ids } => {
-                    let features = net.encode(&p.ids, &p.mask, None)?;
+                    let features = p.encode(net, None)?;
                     token_loss(net, &features, index, ids, None)?
                 }
             };
@@ -347,7 +386,7 @@ impl Objective {
 }
 
 /// Cross-entropy of the vocabulary head at flat positions `index` (into `features` viewed as
-/// `(B * T, D)`) against `targets`, summed, in chunks of positions. With `scale`, back-propagates
+/// `(B * T, D)` padded, or `(N, D)` packed) against `targets`, summed, in chunks of positions. With `scale`, back-propagates
 /// `scale * loss` (head per chunk, then the trunk once); without, only evaluates. Returns the loss
 /// sum and the number of arg-max hits (counted only when evaluating).
 pub fn token_loss(

@@ -22,6 +22,10 @@ pub struct AdamW {
     eps: f64,
     weight_decay: f64,
     step: u64,
+    /// One reusable buffer for the update's temporaries (`grad * (1 - beta2)`, then the
+    /// denominator), as large as the largest parameter: the embedding's temporaries, freshly
+    /// allocated every step, cost more in page faults than the arithmetic on the CPU.
+    scratch: Option<Tensor>,
 }
 
 impl AdamW {
@@ -45,6 +49,7 @@ impl AdamW {
             eps: cfg.adam_eps,
             weight_decay: cfg.weight_decay,
             step: 0,
+            scratch: None,
         }
     }
 
@@ -75,24 +80,48 @@ impl AdamW {
         let bias2 = 1.0 - self.beta2.powi(t);
         let step_size = lr / bias1;
         // In-place updates, as torch.optim.AdamW's single-tensor path: the embedding alone is
-        // tens of millions of values, so every temporary costs a full pass over memory.
+        // tens of millions of values, so every temporary costs a full pass over memory. The two
+        // temporaries are written into one reused buffer (`*_out`: the same kernels, so the same
+        // bits as fresh tensors).
+        let largest = self
+            .slots
+            .iter()
+            .map(|s| s.param.numel())
+            .max()
+            .unwrap_or(0);
+        let scratch = match self.scratch.take() {
+            Some(t) if t.numel() >= largest => t,
+            _ => match self.slots.first() {
+                Some(s) => Tensor::empty([largest as i64], (s.param.kind(), s.param.device())),
+                None => return,
+            },
+        };
         tch::no_grad(|| {
             for s in &mut self.slots {
                 let grad = s.param.grad();
                 if !grad.defined() {
                     continue;
                 }
+                let temp =
+                    if scratch.kind() == s.param.kind() && scratch.device() == s.param.device() {
+                        scratch
+                            .narrow(0, 0, s.param.numel() as i64)
+                            .view(s.param.size().as_slice())
+                    } else {
+                        s.param.empty_like()
+                    };
                 if s.decay && self.weight_decay > 0.0 {
                     let _ = s.param.g_mul_scalar_(1.0 - lr * self.weight_decay);
                 }
                 let _ = s.exp_avg.lerp_(&grad, 1.0 - self.beta1);
+                let scaled = grad.mul_scalar_out(&temp, 1.0 - self.beta2);
                 let _ = s
                     .exp_avg_sq
                     .g_mul_scalar_(self.beta2)
-                    .addcmul_(&grad, &(&grad * (1.0 - self.beta2)));
+                    .addcmul_(&grad, &scaled);
                 // param -= step_size * exp_avg / (sqrt(exp_avg_sq / bias2) + eps), with the
                 // negative step folded into the denominator so addcdiv_ can run in place.
-                let mut denom = s.exp_avg_sq.sqrt();
+                let mut denom = s.exp_avg_sq.sqrt_out(&temp);
                 let _ = denom
                     .g_div_scalar_(bias2.sqrt())
                     .g_add_scalar_(self.eps)
@@ -100,6 +129,7 @@ impl AdamW {
                 let _ = s.param.addcdiv_(&s.exp_avg, &denom);
             }
         });
+        self.scratch = Some(scratch);
     }
 
     /// Clears all gradients.

@@ -209,7 +209,8 @@ impl TrainState {
 
         tch::manual_seed(cfg.train.seed as i64);
         let vs = nn::VarStore::new(device);
-        let net = WaveNetwork::new(&vs.root(), &model_cfg)?;
+        let mut net = WaveNetwork::new(&vs.root(), &model_cfg)?;
+        net.set_compute_kind(cfg.train.precision.kind())?;
         let mut opt = AdamW::new(named_params(&vs), &cfg.train);
 
         let world = comm.world_size();

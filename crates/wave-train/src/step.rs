@@ -8,26 +8,32 @@ use wave_comm::Communicator;
 use wave_data::Batch;
 
 use crate::objective::{Objective, Prepared};
-use crate::parallel::{GradientBuckets, SyncTimes};
+use crate::parallel::{GradientBuckets, SyncStats};
 use crate::state::TrainState;
 use crate::Error;
 
 /// Splits this rank's share of the batch into `micro_batches` row ranges and prepares each
-/// (inputs, targets, this step's random keys). Their unit counts sum to the rank's count.
+/// (inputs, targets, this step's random keys), packed to real tokens when `unpadded`. Their unit
+/// counts sum to the rank's count.
 pub fn prepare_micro_batches(
     objective: &Objective,
     batch: &Batch,
     micro_batches: usize,
-    seed: u64,
-    step: u64,
+    (seed, step): (u64, u64),
+    unpadded: bool,
     device: Device,
-) -> Vec<Prepared> {
+) -> Result<Vec<Prepared>, Error> {
     let per = batch.rows.div_ceil(micro_batches.max(1)).max(1);
     (0..batch.rows)
         .step_by(per)
         .map(|start| {
             let rows = start..(start + per).min(batch.rows);
-            objective.prepare(batch, rows, seed, step, device)
+            let prepared = objective.prepare(batch, rows, seed, step, device);
+            if unpadded {
+                prepared.into_packed()
+            } else {
+                Ok(prepared)
+            }
         })
         .collect()
 }
@@ -40,7 +46,7 @@ pub struct StepResult {
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
     /// Gradient synchronisation times.
-    pub sync: SyncTimes,
+    pub sync: SyncStats,
     /// Seconds of forward, backward and optimizer (synchronisation excluded).
     pub compute_s: f64,
 }

@@ -81,13 +81,6 @@ pub struct RunSummary {
     pub run_dir: PathBuf,
 }
 
-/// Sets libtorch's intra-op threads when configured.
-pub(crate) fn set_threads(threads: usize) {
-    if threads > 0 {
-        tch::set_num_threads(threads as i32);
-    }
-}
-
 /// Trains as configured and returns the summary (also written to the run folder's metrics).
 ///
 /// Ranks come from the launcher's environment (world size 1 without one). With several ranks,
@@ -100,10 +93,12 @@ pub fn train(cfg: &JobConfig) -> Result<RunSummary, Error> {
         Device::Cuda(_) if info.world_size > 1 => Device::Cuda(info.local_rank),
         d => d,
     };
-    set_threads(match cfg.train.threads {
-        0 if info.world_size > 1 => 1,
-        n => n,
-    });
+    let threads = crate::threads::apply(cfg.train.threads, &info);
+    tracing::debug!(
+        threads,
+        ranks_on_node = info.local_size,
+        "libtorch intra-op threads"
+    );
     // Before anything slow: a pre-emption during start-up is then a clean stop at step 0.
     let signal = StopSignal::install()?;
     let comm = Communicator::init(&info, &cfg.comm, device)?;
@@ -148,7 +143,12 @@ fn run(
     let mut out = RunOutputs::open(cfg, comm)?;
     out.write_config(&state.resolved_toml)?;
     let bucket_bytes = (t.bucket_mb * (1 << 20) as f64) as usize;
-    let buckets = GradientBuckets::new(comm, &state.opt.named_params(), bucket_bytes)?;
+    let row_sparse: &[&str] = if t.sparse_embedding_sync {
+        &[wave_model::TOKEN_EMBEDDING]
+    } else {
+        &[]
+    };
+    let buckets = GradientBuckets::new(comm, &state.opt.named_params(), bucket_bytes, row_sparse)?;
     let mut saves = Checkpointer::start(cfg, comm, state.step)?;
     let params: Params = state.model_cfg.param_counts().into();
     let flops_per_token = state.model_cfg.train_flops_per_token();
@@ -161,16 +161,17 @@ fn run(
         let wait = Instant::now();
         let batch = next_batch(&mut state.loader, signal)?;
         let wait = wait.elapsed();
-        let micro = batch.as_ref().map_or_else(Vec::new, |b| {
-            prepare_micro_batches(
+        let micro = match &batch {
+            Some(b) => prepare_micro_batches(
                 &state.objective,
                 b,
                 t.grad_accum_steps,
-                t.seed,
-                state.step,
+                (t.seed, state.step),
+                t.unpadded,
                 device,
-            )
-        });
+            )?,
+            None => Vec::new(),
+        };
         let mine = RankReasons {
             signal: signal.raised(),
             budget_spent: t.max_seconds > 0.0 && window.train_secs >= t.max_seconds,

@@ -7,7 +7,7 @@ use tch::Device;
 use wave_comm::Communicator;
 
 use crate::metrics::TrainRecord;
-use crate::parallel::{sum_over_ranks, SyncTimes};
+use crate::parallel::{sum_over_ranks, SyncStats};
 use crate::Error;
 
 /// One optimizer step as the window sees it.
@@ -30,7 +30,7 @@ pub struct StepReport {
     /// Forward, backward and optimizer.
     pub compute: Duration,
     /// Gradient synchronisation.
-    pub sync: SyncTimes,
+    pub sync: SyncStats,
 }
 
 /// Accumulates [`StepReport`]s between log lines.
@@ -44,6 +44,8 @@ pub struct MetricsWindow {
     compute: f64,
     reduce: f64,
     skew: f64,
+    bytes: usize,
+    dense_bytes: usize,
     last: Option<StepReport>,
     /// Training seconds of this process (evaluation and checkpoint copies excluded).
     pub train_secs: f64,
@@ -65,6 +67,8 @@ impl MetricsWindow {
         self.compute += r.compute.as_secs_f64();
         self.reduce += r.sync.reduce_s;
         self.skew += r.sync.skew_s;
+        self.bytes += r.sync.bytes;
+        self.dense_bytes += r.sync.dense_bytes;
         self.train_secs += secs;
         self.total_rows += r.rows;
         self.total_tokens += r.tokens;
@@ -87,11 +91,17 @@ impl MetricsWindow {
     ) -> Result<TrainRecord, Error> {
         let totals = sum_over_ranks(
             comm,
-            &[self.loss, self.rows as f64, self.tokens as f64],
+            &[
+                self.loss,
+                self.rows as f64,
+                self.tokens as f64,
+                self.bytes as f64,
+            ],
             device,
             "metrics window reduction",
         )?;
         let (loss, rows, tokens) = (totals[0], totals[1], totals[2]);
+        let rank_steps = (self.steps as f64 * comm.world_size() as f64).max(1.0);
         // Every rank spends the same wall time per step (they synchronise every step).
         let secs = (self.wait + self.compute + self.reduce + self.skew).max(1e-9);
         let last = self.last.unwrap_or(StepReport {
@@ -103,7 +113,7 @@ impl MetricsWindow {
             tokens: 0,
             wait: Duration::ZERO,
             compute: Duration::ZERO,
-            sync: SyncTimes::default(),
+            sync: SyncStats::default(),
         });
         let record = TrainRecord {
             kind: "train",
@@ -120,6 +130,8 @@ impl MetricsWindow {
             compute_s: self.compute,
             comm_s: self.reduce,
             skew_s: self.skew,
+            grad_bytes_per_step: totals[3] / rank_steps,
+            dense_grad_bytes_per_step: self.dense_bytes as f64 / self.steps.max(1) as f64,
         };
         let (train_secs, total_rows, total_tokens) =
             (self.train_secs, self.total_rows, self.total_tokens);

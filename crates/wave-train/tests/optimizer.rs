@@ -133,3 +133,73 @@ fn learning_rate_warms_up_linearly_then_decays_to_min_lr() {
     };
     assert_eq!(lr_at(&constant, 100, 110), 1e-3);
 }
+
+#[test]
+fn adamw_with_a_reused_buffer_gives_the_bits_of_fresh_temporaries() {
+    // The update as it reads with fresh temporaries (the form the PyTorch pins above were written
+    // for); the optimizer writes them into one reused buffer and must not change a bit.
+    fn reference(p: &Tensor, m: &mut Tensor, v: &mut Tensor, g: &Tensor, t: i32) {
+        let (lr, b1, b2, eps) = (3e-3, 0.9f64, 0.999f64, 1e-8);
+        // Weight decay (0.01) applies to matrices only.
+        let wd = if p.dim() >= 2 { 0.01 } else { 0.0 };
+        let step_size = lr / (1.0 - b1.powi(t));
+        let bias2 = 1.0 - b2.powi(t);
+        tch::no_grad(|| {
+            if wd > 0.0 {
+                let _ = p.shallow_clone().g_mul_scalar_(1.0 - lr * wd);
+            }
+            let _ = m.lerp_(g, 1.0 - b1);
+            let _ = v.g_mul_scalar_(b2).addcmul_(g, &(g * (1.0 - b2)));
+            let mut denom = v.sqrt();
+            let _ = denom
+                .g_div_scalar_(bias2.sqrt())
+                .g_add_scalar_(eps)
+                .g_div_scalar_(-step_size);
+            let _ = p.shallow_clone().addcdiv_(m, &denom);
+        });
+    }
+    tch::manual_seed(3);
+    let opts = (Kind::Float, Device::Cpu);
+    // Shapes of different sizes share the buffer; odd sizes exercise the kernels' scalar tails.
+    let shapes: [&[i64]; 3] = [&[1001, 37], &[37, 5], &[13]];
+    let params: Vec<Tensor> = shapes
+        .iter()
+        .map(|s| Tensor::randn(*s, opts).set_requires_grad(true))
+        .collect();
+    let copies: Vec<Tensor> = params.iter().map(|p| p.detach().copy()).collect();
+    let mut moments: Vec<(Tensor, Tensor)> = params
+        .iter()
+        .map(|p| (p.zeros_like(), p.zeros_like()))
+        .collect();
+    let cfg = TrainConfig {
+        weight_decay: 0.01,
+        ..Default::default()
+    };
+    let named = params
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (format!("p{i}"), p.shallow_clone()))
+        .collect();
+    let mut opt = AdamW::new(named, &cfg);
+    for t in 1..=4 {
+        opt.zero_grad();
+        let grads: Vec<Tensor> = params
+            .iter()
+            .map(|p| Tensor::randn(p.size(), opts))
+            .collect();
+        for (p, g) in params.iter().zip(&grads) {
+            (p * g).sum(Kind::Float).backward();
+        }
+        opt.step(3e-3);
+        assert_eq!(copies.len(), grads.len());
+        for ((c, (m, v)), g) in copies.iter().zip(moments.iter_mut()).zip(&grads) {
+            reference(c, m, v, g, t);
+        }
+        for (p, c) in params.iter().zip(&copies) {
+            assert!(
+                p.detach().equal(c),
+                "step {t}: parameters differ from the reference"
+            );
+        }
+    }
+}
