@@ -55,7 +55,10 @@ while IFS='=' read -r name _; do
 done < <(env | LC_ALL=C sort)
 
 if [ "$DEVICE" = cuda ]; then backend=nccl; else backend=mpi; fi
-cmd=(mpirun -n "$total" --hostfile "$HOSTFILE" --map-by slot --bind-to none "${forward[@]}"
+# rtc_hwloc_vmhole none: Open MPI 4.1's remote daemons otherwise copy hwloc's topology into a
+# shared-memory segment at their largest free address range, a write that now and then segfaults
+# the daemon before any rank starts; the sharing only saves memory.
+cmd=(mpirun -n "$total" --hostfile "$HOSTFILE" --map-by slot --bind-to none --mca rtc_hwloc_vmhole none "${forward[@]}"
      "${WAVE_DIST:-wave-dist}" train --config "$CONFIG" --device "$DEVICE" --backend "$backend" "$@")
 summary=""
 for i in "${!hosts[@]}"; do summary+="${hosts[$i]}:${per_host[$i]} "; done

@@ -184,7 +184,7 @@ fn mpirun_hosts_dry_run_places_one_rank_per_gpu_and_forwards_the_environment_by_
     assert_eq!(
         line,
         format!(
-            "mpirun -n 6 --hostfile {hosts} --map-by slot --bind-to none -x AWS_ENDPOINT_URL \
+            "mpirun -n 6 --hostfile {hosts} --map-by slot --bind-to none --mca rtc_hwloc_vmhole none -x AWS_ENDPOINT_URL \
              -x AWS_SECRET_ACCESS_KEY -x NCCL_DEBUG -x WAVE_LOG wave-dist train --config \
              configs/smoke.toml --device cuda --backend nccl --set train.max_steps=5"
         )

@@ -369,7 +369,7 @@ fn language_models_also_train_on_unpacked_text_tokenized_on_the_fly() {
             agnews,
             &run_dir,
             &[
-                "train.max_steps=20",
+                "train.max_steps=40",
                 "train.lr=3e-2",
                 "data.train_split=\"test\"",
                 "data.eval_split=\"test\"",
@@ -378,11 +378,16 @@ fn language_models_also_train_on_unpacked_text_tokenized_on_the_fly() {
         let s = summary(&out);
         assert_eq!(s["objective"], objective);
         assert!(s["eval"]["tokens"].as_u64().is_some_and(|t| t > 100), "{s}");
-        let losses = train_losses(&run_dir);
-        let (start, end) = (losses[0].1, losses[losses.len() - 1].1);
+        // One step's masked-token loss is noisy (about 150 masked tokens a batch): compare means.
+        // Uniform guessing over BERT's 30,522 tokens costs ln(30522) = 10.33 nats; 40 steps reach
+        // about 8.3 (masked) and 7.8 (causal) on AG News.
+        let losses: Vec<f64> = train_losses(&run_dir).iter().map(|(_, l)| *l).collect();
+        assert_eq!(losses.len(), 40, "{objective}: one loss per step");
+        let mean = |l: &[f64]| l.iter().sum::<f64>() / l.len() as f64;
+        let (start, end) = (mean(&losses[..3]), mean(&losses[35..]));
         assert!(
-            end < start - 1.5,
-            "{objective}: loss went from {start} to {end}"
+            end < 30522f64.ln() - 1.5 && end < start - 1.5,
+            "{objective}: mean loss went from {start} (first 3 steps) to {end} (last 5)"
         );
     }
 }

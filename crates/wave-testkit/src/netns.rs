@@ -206,6 +206,11 @@ impl NetLab {
         .args(["--mca", "pml", "ob1"])
         .args(["--mca", "btl_tcp_if_include", &subnet])
         .args(["--mca", "oob_tcp_if_include", &subnet])
+        // Open MPI 4.1's remote daemon (orted) copies hwloc's topology into a shared-memory
+        // segment mapped at the address of its largest free virtual-memory hole; now and then
+        // that write faults (a segfault in hwloc_shmem_topology_write) and the job never
+        // starts. Sharing the topology only saves memory: turn it off.
+        .args(["--mca", "rtc_hwloc_vmhole", "none"])
         .env("WAVE_NETNS_HOSTS", map.join(" "))
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
@@ -230,9 +235,28 @@ impl NetLab {
         must(ip(&["link", "set", &self.hosts[i].veth, "down"]));
     }
 
-    /// Brings host `i`'s link back up.
+    /// Brings host `i`'s link back up and returns once the host answers on it again.
+    ///
+    /// `ip link set up` returns before the link carries traffic (carrier, then neighbour
+    /// resolution); a job started at once can find its daemons unreachable. The host counts as
+    /// back when a TCP connection from the test's namespace to a closed port of it is refused
+    /// (its kernel answered) rather than timing out.
     pub fn restore(&self, i: usize) {
         must(ip(&["link", "set", &self.hosts[i].veth, "up"]));
+        let target = std::net::SocketAddr::from((self.hosts[i].addr, 9));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match std::net::TcpStream::connect_timeout(&target, Duration::from_millis(500)) {
+                Ok(_) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "NetLab: host {i} ({}) still unreachable 20 s after its link came back: {e}",
+                    self.hosts[i].addr
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Pids of the processes running inside host `i`.
