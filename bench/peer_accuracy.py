@@ -55,6 +55,10 @@ def main():
     p.add_argument("--config", required=True, help="a wave-dist job config: its [model], [data] and [train] recipe")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--linear-init", choices=["pytorch", "tch"], default="pytorch",
+                   help="weights of every linear layer: PyTorch's default (uniform, bound 1/sqrt(fan_in)) "
+                        "or tch's (Kaiming uniform with the ReLU gain, bound sqrt(6/fan_in)), to measure "
+                        "what the initialisation alone is worth")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -72,6 +76,12 @@ def main():
                pooling=model_cfg.get("pooling", "mean"), num_classes=len(manifest["label_names"]),
                eps=model_cfg.get("eps", 1e-6))
     model = WaveNetwork(cfg)
+    if args.linear_init == "tch":
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, torch.nn.Linear):
+                    bound = math.sqrt(6.0 / m.in_features)
+                    m.weight.uniform_(-bound, bound)
     lr, wd = train_cfg.get("lr", 1e-3), train_cfg.get("weight_decay", 0.01)
     decay = [q for q in model.parameters() if q.dim() >= 2]
     no_decay = [q for q in model.parameters() if q.dim() < 2]
@@ -111,7 +121,7 @@ def main():
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
             correct += (logits.argmax(-1) == labels).sum().item()
     print(json.dumps({
-        "event": "peer_accuracy", "seed": args.seed, "steps": step, "train_secs": train_secs,
+        "event": "peer_accuracy", "seed": args.seed, "linear_init": args.linear_init, "steps": step, "train_secs": train_secs,
         "eval": {"accuracy": correct / len(eval_rows), "loss": loss_sum / len(eval_rows), "samples": len(eval_rows)},
     }))
 

@@ -104,14 +104,15 @@ fn training_lowers_the_loss() {
         return;
     };
     let tmp = tempfile::tempdir().expect("tempdir");
-    train(
-        data,
-        tmp.path(),
-        &["train.max_steps=120", "train.eval_every_steps=0"],
-    );
+    train(data, tmp.path(), &["train.eval_every_steps=0"]);
     let losses = train_losses(tmp.path());
     let (first, last) = (losses[0].1, losses[losses.len() - 1].1);
-    assert!(last < first * 0.8, "loss went from {first} to {last}");
+    // Guessing uniformly over AG News's 4 classes costs ln 4 = 1.386 nats; the smoke run's 200
+    // steps end near 0.72.
+    assert!(
+        last < 0.75 * 4f64.ln() && last < 0.7 * first,
+        "loss went from {first} to {last}"
+    );
 }
 
 #[test]

@@ -19,19 +19,41 @@ struct WaveLayer {
     norm: nn::LayerNorm,
 }
 
+/// A linear layer initialised as PyTorch's `nn.Linear` is: weight and bias uniform in
+/// ±1/sqrt(fan_in). tch's default weight init is Kaiming-uniform with the ReLU gain,
+/// ±sqrt(6/fan_in), 2.45x wider: the same model then starts from other logits than in PyTorch
+/// (`bench/results/shuffle_accuracy.md` measures what that costs in accuracy).
+fn linear<'a>(p: impl std::borrow::Borrow<nn::Path<'a>>, fan_in: i64, fan_out: i64) -> nn::Linear {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    let uniform = nn::Init::Uniform {
+        lo: -bound,
+        up: bound,
+    };
+    nn::linear(
+        p,
+        fan_in,
+        fan_out,
+        nn::LinearConfig {
+            ws_init: uniform,
+            bs_init: Some(uniform),
+            bias: true,
+        },
+    )
+}
+
 impl WaveLayer {
     fn new(p: &nn::Path, cfg: &ModelConfig) -> WaveLayer {
         let d = cfg.d_model as i64;
         let hidden = cfg.ffn_hidden() as i64;
         WaveLayer {
-            proj_u: nn::linear(p / "proj_u", d, d, Default::default()),
-            proj_v: nn::linear(p / "proj_v", d, d, Default::default()),
+            proj_u: linear(p / "proj_u", d, d),
+            proj_v: linear(p / "proj_v", d, d),
             to_real: match cfg.to_real {
-                ToReal::Concat => Some(nn::linear(p / "to_real", 2 * d, d, Default::default())),
+                ToReal::Concat => Some(linear(p / "to_real", 2 * d, d)),
                 ToReal::Magnitude => None,
             },
-            ffn_in: nn::linear(p / "ffn_in", d, hidden, Default::default()),
-            ffn_out: nn::linear(p / "ffn_out", hidden, d, Default::default()),
+            ffn_in: linear(p / "ffn_in", d, hidden),
+            ffn_out: linear(p / "ffn_out", hidden, d),
             norm: nn::layer_norm(p / "norm", vec![d], Default::default()),
         }
     }
@@ -181,16 +203,13 @@ impl WaveNetwork {
             .map(|i| WaveLayer::new(&(p / "layers" / i), cfg))
             .collect();
         let head = match cfg.head {
-            Head::Classification => OutputHead::Classifier(nn::linear(
-                p / "classifier",
-                d,
-                cfg.num_classes as i64,
-                Default::default(),
-            )),
+            Head::Classification => {
+                OutputHead::Classifier(linear(p / "classifier", d, cfg.num_classes as i64))
+            }
             Head::MaskedLm | Head::CausalLm => {
                 let hp = p / "lm_head";
                 OutputHead::Tokens {
-                    transform: nn::linear(&hp / "transform", d, d, Default::default()),
+                    transform: linear(&hp / "transform", d, d),
                     norm: nn::layer_norm(&hp / "norm", vec![d], Default::default()),
                     bias: hp.zeros("bias", &[cfg.vocab_size as i64]),
                 }

@@ -432,3 +432,39 @@ fn bf16_products_stay_close_to_fp32_and_train_fp32_master_weights() {
     ));
     assert!(net.set_compute_kind(Kind::Int64).is_err());
 }
+
+#[test]
+fn linear_layers_start_as_pytorch_initialises_them() {
+    // PyTorch's nn.Linear: weight and bias uniform in ±1/sqrt(fan_in), so a weight's standard
+    // deviation is 1/sqrt(3 fan_in). tch's default weight init is sqrt(6) = 2.45x wider.
+    let cfg = ModelConfig {
+        d_model: 256,
+        ..config(Mode::Modulation, ToReal::Concat, PositionEncoding::None)
+    };
+    let (vs, _net) = build(&cfg);
+    let mut linears = 0;
+    for (name, t) in vs.variables() {
+        let Some(layer) = name.strip_suffix(".weight") else {
+            continue;
+        };
+        if t.dim() != 2 || name.contains("embedding") {
+            continue;
+        }
+        linears += 1;
+        let fan_in = t.size()[1] as f64;
+        let bound = 1.0 / fan_in.sqrt();
+        let largest = t.abs().max().double_value(&[]);
+        assert!(largest <= bound, "{name}: |w| up to {largest}, bound {bound}");
+        let std = t.std(true).double_value(&[]);
+        let want = bound / 3f64.sqrt();
+        assert!(
+            (std / want - 1.0).abs() < 0.1,
+            "{name}: std {std}, PyTorch's {want}"
+        );
+        let bias = &vs.variables()[&format!("{layer}.bias")];
+        let largest = bias.abs().max().double_value(&[]);
+        assert!(largest <= bound, "{layer}.bias: up to {largest}, bound {bound}");
+    }
+    // proj_u, proj_v, to_real, ffn_in, ffn_out in each of 2 layers, and the classifier.
+    assert_eq!(linears, 11);
+}
