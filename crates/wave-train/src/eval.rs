@@ -263,6 +263,19 @@ struct LoadedRun {
     net: WaveNetwork,
 }
 
+impl LoadedRun {
+    /// The run's data set and objective under `cfg`, for evaluation.
+    fn eval_data<'a>(&'a self, cfg: &'a JobConfig) -> EvalData<'a> {
+        EvalData {
+            dataset: &self.dataset,
+            encoder: self.encoder.clone(),
+            cfg,
+            objective: &self.objective,
+            device: self.device,
+        }
+    }
+}
+
 fn load_run(cfg: &JobConfig, weights: &Path) -> Result<LoadedRun, Error> {
     let device = parse_device(&cfg.train.device)?;
     crate::threads::apply(cfg.train.threads, &wave_comm::RankInfo::single());
@@ -292,13 +305,7 @@ pub fn evaluate_run(
     split: &str,
 ) -> Result<(EvalResult, Params), Error> {
     let run = load_run(cfg, weights)?;
-    let data = EvalData {
-        dataset: &run.dataset,
-        encoder: run.encoder.clone(),
-        cfg,
-        objective: &run.objective,
-        device: run.device,
-    };
+    let data = run.eval_data(cfg);
     let result = evaluate(
         &data,
         &run.net,
@@ -333,14 +340,7 @@ pub fn unigram_baseline_of_run(
         &cfg.data.train_split,
         run.model_cfg.vocab_size,
     )?;
-    let data = EvalData {
-        dataset: &run.dataset,
-        encoder: run.encoder.clone(),
-        cfg,
-        objective: &run.objective,
-        device: run.device,
-    };
-    evaluate_unigram(&data, &counts, split)
+    evaluate_unigram(&run.eval_data(cfg), &counts, split)
 }
 
 /// Inputs and outputs of the first `rows` rows of `split` (evaluation order, no dropout) under
