@@ -19,7 +19,7 @@ echo "==> Kubernetes manifests: schemas (kubernetes-validate) and semantics (lau
 kubernetes-validate --strict -k 1.30.0 k8s/*.yaml
 python launch/validate-k8s.py k8s/*.yaml
 echo "==> cargo test --release --workspace (shared data: $WAVE_SHARED_DATA)"
-cargo test --release --workspace
+cargo test --release --workspace --no-fail-fast
 echo "==> container image: build the runtime stage from this build's binary, check it in podman"
 if podman info >/dev/null 2>&1 && buildah --version >/dev/null 2>&1; then
   launch/image.sh all
