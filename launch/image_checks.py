@@ -185,7 +185,7 @@ def prepare_data(lab, mirror):
 def check_smoke(lab, args):
     configs = os.path.join(lab.root, "configs")
     sets = ["--set", 'data.uri="/data/agnews-test"', "--set", 'checkpoint.uri="s3://wave-test/smoke"',
-            "--set", 'train.run_dir="/tmp/run"']
+            "--set", 'train.run_dir="/tmp/run"', "--set", "train.max_steps=40"]
     p = lab.run("smoke", ["train", "--config", "/etc/wave-dist/smoke.toml"] + sets, env=S3_ENV,
                 mounts=[(lab.data, "/data", "ro"), (configs, "/etc/wave-dist", "ro")])
     s = summary_of(p.stdout)
