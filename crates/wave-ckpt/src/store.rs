@@ -477,10 +477,10 @@ impl CheckpointStore {
         self.rt.block_on(async {
             self.delete(LATEST.to_string()).await?;
             let steps = self.list_steps().await?;
-            for (step, _) in &steps {
-                self.delete_step(*step).await?;
+            let cleared: Vec<u64> = steps.keys().copied().collect();
+            for &step in &cleared {
+                self.delete_step(step).await?;
             }
-            let cleared: Vec<u64> = steps.iter().map(|(s, _)| *s).collect();
             info!(
                 "checkpoint root {} cleared: steps {cleared:?}",
                 self.root.uri

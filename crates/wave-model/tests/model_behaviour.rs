@@ -454,7 +454,10 @@ fn linear_layers_start_as_pytorch_initialises_them() {
         let fan_in = t.size()[1] as f64;
         let bound = 1.0 / fan_in.sqrt();
         let largest = t.abs().max().double_value(&[]);
-        assert!(largest <= bound, "{name}: |w| up to {largest}, bound {bound}");
+        assert!(
+            largest <= bound,
+            "{name}: |w| up to {largest}, bound {bound}"
+        );
         let std = t.std(true).double_value(&[]);
         let want = bound / 3f64.sqrt();
         assert!(
@@ -463,7 +466,10 @@ fn linear_layers_start_as_pytorch_initialises_them() {
         );
         let bias = &vs.variables()[&format!("{layer}.bias")];
         let largest = bias.abs().max().double_value(&[]);
-        assert!(largest <= bound, "{layer}.bias: up to {largest}, bound {bound}");
+        assert!(
+            largest <= bound,
+            "{layer}.bias: up to {largest}, bound {bound}"
+        );
     }
     // proj_u, proj_v, to_real, ffn_in, ffn_out in each of 2 layers, and the classifier.
     assert_eq!(linears, 11);

@@ -93,7 +93,7 @@ impl Checkpointer {
         let busy = saver.in_flight() >= self.max_in_flight;
         self.report(outcomes)?;
         let due = self.every_steps > 0
-            && state.step % self.every_steps == 0
+            && state.step.is_multiple_of(self.every_steps)
             && state.step < state.total_steps;
         match (due, busy) {
             (false, _) => Ok(()),
