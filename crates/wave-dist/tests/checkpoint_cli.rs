@@ -12,32 +12,15 @@ use common::*;
 use wave_testkit::{Captured, SpawnCaptured, Weed};
 
 /// `train --config configs/smoke.toml` with `data.uri`, `train.run_dir` and `extra` overrides.
-fn train_args(data: &Path, run_dir: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = vec![
-        "train".into(),
-        "--config".into(),
-        "configs/smoke.toml".into(),
-    ];
-    let sets = [
-        format!("data.uri={:?}", data.to_str().expect("utf-8")),
-        format!("train.run_dir={:?}", run_dir.to_str().expect("utf-8")),
-    ];
-    for set in sets.iter().map(String::as_str).chain(extra.iter().copied()) {
-        args.push("--set".into());
-        args.push(set.to_string());
-    }
-    args
-}
-
 fn train(data: &Path, run_dir: &Path, extra: &[&str]) -> Output {
-    let args = train_args(data, run_dir, extra);
+    let args = smoke_train_args(data, run_dir, extra);
     wave_dist(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// The trainer as a child process (stdout/stderr captured) for signals and kills.
 fn spawn_train(data: &Path, run_dir: &Path, extra: &[&str]) -> Captured {
     Command::new(env!("CARGO_BIN_EXE_wave-dist"))
-        .args(train_args(data, run_dir, extra))
+        .args(smoke_train_args(data, run_dir, extra))
         .current_dir(workspace_root())
         .env("WAVE_LOG", "info")
         .stdin(Stdio::null())
@@ -71,7 +54,7 @@ fn weights(run_dir: &Path) -> Vec<u8> {
 fn train_mpi(ranks: usize, data: &Path, run_dir: &Path, extra: &[&str]) -> Output {
     mpirun()
         .args(["-n", &ranks.to_string(), env!("CARGO_BIN_EXE_wave-dist")])
-        .args(train_args(data, run_dir, extra))
+        .args(smoke_train_args(data, run_dir, extra))
         .env("WAVE_LOG", "info")
         .output()
         .expect("run mpirun")
@@ -421,7 +404,7 @@ fn training_saves_to_s3_ls_lists_the_steps_and_resume_from_s3_continues() {
     let Some(weed) = Weed::start() else { return };
     let tmp = tempfile::tempdir().expect("tempdir");
     let uri = "s3://wave-test/run";
-    let first = train_args(
+    let first = smoke_train_args(
         data,
         &tmp.path().join("a"),
         &[
@@ -447,7 +430,7 @@ fn training_saves_to_s3_ls_lists_the_steps_and_resume_from_s3_continues() {
         "{listing}"
     );
 
-    let second = train_args(
+    let second = smoke_train_args(
         data,
         &tmp.path().join("b"),
         &[
@@ -482,7 +465,7 @@ fn a_20_s_object_store_outage_mid_run_neither_stops_training_nor_corrupts_a_chec
     };
     let tmp = tempfile::tempdir().expect("tempdir");
     let (uri, run) = ("s3://wave-test/outage", tmp.path().join("run"));
-    let args = train_args(
+    let args = smoke_train_args(
         data,
         &run,
         &[
@@ -553,7 +536,7 @@ fn with_on_failure_stop_a_save_that_keeps_failing_stops_training_naming_step_and
         .expect("addr")
         .port();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let args = train_args(
+    let args = smoke_train_args(
         data,
         &tmp.path().join("run"),
         &[
@@ -690,7 +673,7 @@ fn on_2_ranks_a_store_down_longer_than_the_collective_timeout_does_not_stop_trai
     };
     let tmp = tempfile::tempdir().expect("tempdir");
     let (uri, run) = ("s3://wave-test/outage-2", tmp.path().join("run"));
-    let args = train_args(
+    let args = smoke_train_args(
         data,
         &run,
         &[
@@ -837,7 +820,7 @@ fn on_2_ranks_a_slow_resetting_failing_then_silent_store_never_ends_the_job() {
     let proxy = FaultProxy::start(&weed.endpoint);
     let tmp = tempfile::tempdir().expect("tempdir");
     let (uri, run) = ("s3://wave-test/faults", tmp.path().join("run"));
-    let args = train_args(
+    let args = smoke_train_args(
         data,
         &run,
         &[

@@ -14,24 +14,21 @@ fn unpadded_and_padded_training_follow_the_same_loss_curve() {
     let mut curves = Vec::new();
     for unpadded in [true, false] {
         let run = tmp.path().join(format!("unpadded-{unpadded}"));
-        let sets = [
-            format!("data.uri={:?}", data.to_str().expect("utf-8")),
-            format!("train.run_dir={:?}", run.to_str().expect("utf-8")),
-            format!("train.unpadded={unpadded}"),
-            // As in the rank-parity tests: Adam turns last-bit differences into whole steps on
-            // near-zero gradients; at lr 3e-3 that drift stays well below the tolerance.
-            "train.lr=3e-3".into(),
-            "train.max_steps=30".into(),
-            "train.log_every_steps=1".into(),
-            "train.eval_every_steps=0".into(),
-            "checkpoint.every_steps=0".into(),
-        ];
-        let mut args = vec![
-            "train".to_string(),
-            "--config".into(),
-            "configs/smoke.toml".into(),
-        ];
-        args.extend(set_args(&sets));
+        let unpadded_set = format!("train.unpadded={unpadded}");
+        let args = smoke_train_args(
+            data,
+            &run,
+            &[
+                &unpadded_set,
+                // As in the rank-parity tests: Adam turns last-bit differences into whole steps on
+                // near-zero gradients; at lr 3e-3 that drift stays well below the tolerance.
+                "train.lr=3e-3",
+                "train.max_steps=30",
+                "train.log_every_steps=1",
+                "train.eval_every_steps=0",
+                "checkpoint.every_steps=0",
+            ],
+        );
         ok(&wave_dist(
             &args.iter().map(String::as_str).collect::<Vec<_>>(),
         ));

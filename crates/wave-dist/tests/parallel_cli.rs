@@ -12,27 +12,17 @@ use wave_testkit::SpawnCaptured;
 /// Smoke-config arguments for 30 steps, logging every step. Dropout stays on (0.1): its masks are
 /// keyed by sample and position, so they do not depend on which rank holds a sample.
 fn job(data: &Path, run_dir: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = vec![
-        "train".into(),
-        "--config".into(),
-        "configs/smoke.toml".into(),
-    ];
     let sets = [
-        format!("data.uri={:?}", data.to_str().expect("utf-8")),
-        format!("train.run_dir={:?}", run_dir.to_str().expect("utf-8")),
         // Adam divides by sqrt(v): the last-bit differences of summing gradients in another order
         // move near-zero-gradient parameters by whole steps. At the smoke config's lr = 1e-2 that
         // drift reaches 1e-4 within 30 steps; at 3e-3 it stays well below.
-        "train.lr=3e-3".into(),
-        "train.max_steps=30".into(),
-        "train.log_every_steps=1".into(),
-        "checkpoint.every_steps=0".into(),
+        "train.lr=3e-3",
+        "train.max_steps=30",
+        "train.log_every_steps=1",
+        "checkpoint.every_steps=0",
     ];
-    for set in sets.iter().map(String::as_str).chain(extra.iter().copied()) {
-        args.push("--set".into());
-        args.push(set.to_string());
-    }
-    args
+    let all: Vec<&str> = sets.iter().chain(extra).copied().collect();
+    smoke_train_args(data, run_dir, &all)
 }
 
 fn weights(run_dir: &Path) -> Vec<(String, tch::Tensor)> {

@@ -15,21 +15,18 @@ fn bf16_training_follows_the_fp32_loss_curve() {
     let mut curves = Vec::new();
     for precision in ["fp32", "bf16"] {
         let run = tmp.path().join(precision);
-        let sets = [
-            format!("data.uri={:?}", data.to_str().expect("utf-8")),
-            format!("train.run_dir={:?}", run.to_str().expect("utf-8")),
-            format!("train.precision={precision:?}"),
-            "train.max_steps=120".into(),
-            "train.log_every_steps=20".into(),
-            "train.eval_every_steps=0".into(),
-            "checkpoint.every_steps=0".into(),
-        ];
-        let mut args = vec![
-            "train".to_string(),
-            "--config".into(),
-            "configs/smoke.toml".into(),
-        ];
-        args.extend(set_args(&sets));
+        let precision_set = format!("train.precision={precision:?}");
+        let args = smoke_train_args(
+            data,
+            &run,
+            &[
+                &precision_set,
+                "train.max_steps=120",
+                "train.log_every_steps=20",
+                "train.eval_every_steps=0",
+                "checkpoint.every_steps=0",
+            ],
+        );
         let out = wave_dist(&args.iter().map(String::as_str).collect::<Vec<_>>());
         let s = summary(&ok(&out));
         assert!(

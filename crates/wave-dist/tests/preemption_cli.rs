@@ -12,23 +12,16 @@ use common::*;
 use wave_testkit::{Captured, SpawnCaptured};
 
 fn job(data: &Path, run_dir: &Path, ckpt: &Path, extra: &[&str]) -> Vec<String> {
-    let mut sets = vec![
-        format!("data.uri={:?}", data.to_str().expect("utf-8")),
-        format!("train.run_dir={:?}", run_dir.to_str().expect("utf-8")),
-        format!("checkpoint.uri={:?}", ckpt.to_str().expect("utf-8")),
-        "train.log_every_steps=1".to_string(),
-        "train.eval_every_steps=0".to_string(),
-        "checkpoint.every_steps=0".to_string(),
-        "checkpoint.keep_last=0".to_string(),
+    let ckpt_set = format!("checkpoint.uri={:?}", ckpt.to_str().expect("utf-8"));
+    let sets = [
+        ckpt_set.as_str(),
+        "train.log_every_steps=1",
+        "train.eval_every_steps=0",
+        "checkpoint.every_steps=0",
+        "checkpoint.keep_last=0",
     ];
-    sets.extend(extra.iter().map(|s| s.to_string()));
-    let mut args = vec![
-        "train".to_string(),
-        "--config".into(),
-        "configs/smoke.toml".into(),
-    ];
-    args.extend(set_args(&sets));
-    args
+    let all: Vec<&str> = sets.iter().chain(extra).copied().collect();
+    smoke_train_args(data, run_dir, &all)
 }
 
 fn spawn_mpi(ranks: usize, args: &[String]) -> Captured {
