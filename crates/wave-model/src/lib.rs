@@ -43,6 +43,6 @@ pub mod wave;
 pub use config::{Head, Mode, ModelConfig, Pooling, PositionEncoding, ToReal};
 pub use counts::ParamCounts;
 pub use error::Error;
-pub use network::{WaveNetwork, TOKEN_EMBEDDING};
+pub use network::{LmProjection, WaveNetwork, TOKEN_EMBEDDING};
 pub use noise::SampleNoise;
 pub use packed::{Layout, Packed};

@@ -61,33 +61,85 @@ impl WaveLayer {
     /// `x`: `(B, T, D)` padded or `(N, D)` packed, as `layout` says, in the residual kind
     /// (fp32). Returns the same shape and kind; matrix products run in `compute`.
     fn forward(&self, x: &Tensor, layout: Layout, cfg: &ModelConfig, compute: Kind) -> Tensor {
-        let causal = cfg.head == Head::CausalLm;
-        let kind = x.kind();
-        let ffn = |h: &Tensor| {
-            let inner = project(&self.ffn_in, h, compute).gelu("none");
-            project(&self.ffn_out, &inner, compute).to_kind(kind)
-        };
-        // Mask after the projection: the bias would otherwise put padding into the norms.
-        let u = layout.mask(project(&self.proj_u, x, compute));
-        let v = layout.mask(project(&self.proj_v, x, compute));
-        if cfg.mode == Mode::Modulation && cfg.to_real == ToReal::Magnitude && !causal {
+        let (u, v) = self.variants(x, layout, compute);
+        if per_input_features(cfg) {
             // The magnitude after modulation is G_u * G_v, the same for every token of an input:
             // run the feed-forward block once per input instead of once per token. This
             // halves the matrix products of the paper's best classifier, with identical outputs.
-            let h = modulation_magnitude(&u, &v, layout, cfg.eps).to_kind(kind);
-            let out = self.norm.forward(&(&h + ffn(&h)));
+            let h = modulation_magnitude(&u, &v, layout, cfg.eps).to_kind(x.kind());
+            let out = self.norm.forward(&(&h + self.ffn(&h, compute)));
             return layout.to_tokens(&out, x);
         }
+        let causal = cfg.head == Head::CausalLm;
         let s_u = imaginary_part(&u, layout, causal, cfg.eps);
         let s_v = imaginary_part(&v, layout, causal, cfg.eps);
-        let (re, im) = combine(cfg.mode, &u, &s_u, &v, &s_v);
+        self.per_token(&u, &s_u, &v, &s_v, cfg, compute, x.kind())
+    }
+
+    /// [`WaveLayer::forward`] of the tokens at flat indices `at` alone, `(K, D)`: the global
+    /// norms need every token, but what follows them is per token, so the combination, the map
+    /// to real features, the feed-forward block and the layer norm run on K rows instead of all.
+    fn forward_at(
+        &self,
+        x: &Tensor,
+        layout: Layout,
+        cfg: &ModelConfig,
+        compute: Kind,
+        at: &Tensor,
+    ) -> Tensor {
+        if per_input_features(cfg) {
+            return layout.gather(&self.forward(x, layout, cfg, compute), at);
+        }
+        let (u, v) = self.variants(x, layout, compute);
+        let causal = cfg.head == Head::CausalLm;
+        let s_u = imaginary_part(&u, layout, causal, cfg.eps);
+        let s_v = imaginary_part(&v, layout, causal, cfg.eps);
+        let [u, s_u, v, s_v] = [&u, &s_u, &v, &s_v].map(|t| layout.gather(t, at));
+        self.per_token(&u, &s_u, &v, &s_v, cfg, compute, x.kind())
+    }
+
+    /// The two variants `u`, `v` of `x`. Masked after the projection: the bias would otherwise
+    /// put padding into the norms.
+    fn variants(&self, x: &Tensor, layout: Layout, compute: Kind) -> (Tensor, Tensor) {
+        (
+            layout.mask(project(&self.proj_u, x, compute)),
+            layout.mask(project(&self.proj_v, x, compute)),
+        )
+    }
+
+    /// `FFN(h)`, back in `h`'s kind.
+    fn ffn(&self, h: &Tensor, compute: Kind) -> Tensor {
+        let inner = project(&self.ffn_in, h, compute).gelu("none");
+        project(&self.ffn_out, &inner, compute).to_kind(h.kind())
+    }
+
+    /// Combination, real features and `LayerNorm(h + FFN(h))` of tokens with their variants and
+    /// imaginary parts (any leading shape), in the residual kind `kind`.
+    #[allow(clippy::too_many_arguments)]
+    fn per_token(
+        &self,
+        u: &Tensor,
+        s_u: &Tensor,
+        v: &Tensor,
+        s_v: &Tensor,
+        cfg: &ModelConfig,
+        compute: Kind,
+        kind: Kind,
+    ) -> Tensor {
+        let (re, im) = combine(cfg.mode, u, s_u, v, s_v);
         let h = match &self.to_real {
             Some(linear) => project(linear, &Tensor::cat(&[re, im], -1), compute).to_kind(kind),
             None => (re.square() + im.square() + cfg.eps).sqrt().to_kind(kind),
         };
         // The residual sum and the layer norm stay in the residual kind.
-        self.norm.forward(&(&h + ffn(&h)))
+        self.norm.forward(&(&h + self.ffn(&h, compute)))
     }
+}
+
+/// Whether a layer's output is one row per input (the magnitude after a full-sequence
+/// modulation, see [`WaveLayer::forward`]) rather than per token.
+fn per_input_features(cfg: &ModelConfig) -> bool {
+    cfg.mode == Mode::Modulation && cfg.to_real == ToReal::Magnitude && cfg.head != Head::CausalLm
 }
 
 /// `t` cast to `compute` when that is bfloat16; otherwise `t` itself (fp32, and
@@ -140,6 +192,64 @@ enum OutputHead {
         norm: nn::LayerNorm,
         bias: Tensor,
     },
+}
+
+/// The tied output projection of a language-model head: `logits = hidden E^T * scale + bias`.
+#[derive(Debug)]
+pub struct LmProjection<'a> {
+    /// The token embedding table `E` `(V, D)` (a trainable variable, fp32).
+    pub table: &'a Tensor,
+    /// The output bias `(V,)` (a trainable variable).
+    pub bias: &'a Tensor,
+    /// `1 / sqrt(d_model)`.
+    pub scale: f64,
+    /// The kind the product runs in (see [`WaveNetwork::set_compute_kind`]).
+    pub compute: Kind,
+}
+
+impl LmProjection<'_> {
+    /// The table as the product takes it: cast to bfloat16 when the products run in it.
+    pub fn table_in_compute(&self) -> Tensor {
+        in_compute(self.table, self.compute)
+    }
+
+    /// `a @ b` with `a` and `b` cast to the compute kind, returned in fp32.
+    pub fn product(&self, a: &Tensor, b: &Tensor) -> Tensor {
+        in_compute(a, self.compute)
+            .mm(&in_compute(b, self.compute))
+            .to_kind(Kind::Float)
+    }
+
+    /// `out += a @ (alpha * b)` for fp32 `out`, the product in the compute kind (pass the
+    /// smaller operand as `b`: it is the one scaled). In fp32 this is one `addmm_` into `out`,
+    /// without a temporary of `out`'s size.
+    pub fn add_product(&self, out: &mut Tensor, a: &Tensor, b: &Tensor, alpha: f64) {
+        let b = b * alpha;
+        match self.compute {
+            Kind::BFloat16 => {
+                let _ = out.g_add_(&self.product(a, &b));
+            }
+            _ => {
+                let _ = out.addmm_(a, &b);
+            }
+        }
+    }
+
+    /// `out = bias + (scale * hidden) @ table^T`, the logits of `hidden` `(K, D)` into fp32
+    /// `out` `(K, V)` (in fp32 without a temporary).
+    pub fn logits_into(&self, out: &Tensor, hidden: &Tensor) {
+        let hidden = hidden * self.scale;
+        match self.compute {
+            Kind::BFloat16 => {
+                let mut out = out.shallow_clone();
+                out.copy_(&self.product(&hidden, &self.table.tr()));
+                let _ = out.g_add_(self.bias);
+            }
+            _ => {
+                let _ = self.bias.addmm_out(out, &hidden, &self.table.tr());
+            }
+        }
+    }
 }
 
 /// Name of the token embedding table among the variables of a network built at the root of a
@@ -295,18 +405,39 @@ impl WaveNetwork {
         }
     }
 
-    /// The stacked layers over embedded tokens `x` laid out as `layout`.
-    fn trunk(&self, x: Tensor, layout: Layout, dropout: Option<&SampleNoise>) -> Tensor {
+    /// The stacked layers over embedded tokens `x` laid out as `layout`: features of every
+    /// token, or with `at` only of the tokens at those flat indices, `(K, D)` (the last layer then
+    /// finishes only those tokens, see [`WaveLayer::forward_at`]).
+    fn trunk(
+        &self,
+        x: Tensor,
+        layout: Layout,
+        dropout: Option<&SampleNoise>,
+        at: Option<&Tensor>,
+    ) -> Tensor {
         let mut x = layout.mask(x);
+        let last = self.layers.len().checked_sub(1);
         for (l, layer) in self.layers.iter().enumerate() {
+            let p = self.cfg.dropout;
+            if let (Some(at), true) = (at, Some(l) == last) {
+                let out = layer.forward_at(&x, layout, &self.cfg, self.compute, at);
+                let out = match dropout {
+                    Some(noise) => layout.dropout_at(noise, &out, p, dropout_stream(l), at),
+                    None => out,
+                };
+                return layout.mask_at(layout.gather(&x, at) + out, at);
+            }
             let out = layer.forward(&x, layout, &self.cfg, self.compute);
             let out = match dropout {
-                Some(noise) => layout.dropout(noise, &out, self.cfg.dropout, dropout_stream(l)),
+                Some(noise) => layout.dropout(noise, &out, p, dropout_stream(l)),
                 None => out,
             };
             x = layout.mask(&x + out);
         }
-        x
+        match at {
+            Some(at) => layout.mask_at(layout.gather(&x, at), at),
+            None => x,
+        }
     }
 
     /// Token features `(B, T, D)` for ids `(B, T)` (int64) and mask `(B, T)` (1 = real token).
@@ -318,12 +449,22 @@ impl WaveNetwork {
         mask: &Tensor,
         dropout: Option<&SampleNoise>,
     ) -> Result<Tensor, Error> {
+        self.run_padded(ids, mask, dropout, None)
+    }
+
+    fn run_padded(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        dropout: Option<&SampleNoise>,
+        at: Option<&Tensor>,
+    ) -> Result<Tensor, Error> {
         self.check_inputs(ids, mask)?;
         Self::check_noise(dropout, ids.size()[0])?;
         let positions = Tensor::arange(ids.size()[1], (Kind::Int64, ids.device()));
         let x = self.embed(ids, &positions);
         let m = mask.to_kind(x.kind()).unsqueeze(-1);
-        Ok(self.trunk(x, Layout::Padded(&m), dropout))
+        Ok(self.trunk(x, Layout::Padded(&m), dropout, at))
     }
 
     /// Token features `(N, D)` of the packed tokens (the varlen layout): equal, token for token,
@@ -333,10 +474,43 @@ impl WaveNetwork {
         packed: &Packed,
         dropout: Option<&SampleNoise>,
     ) -> Result<Tensor, Error> {
+        self.run_packed(packed, dropout, None)
+    }
+
+    fn run_packed(
+        &self,
+        packed: &Packed,
+        dropout: Option<&SampleNoise>,
+        at: Option<&Tensor>,
+    ) -> Result<Tensor, Error> {
         self.check_length(packed.seq_len())?;
         Self::check_noise(dropout, packed.batch())?;
         let x = self.embed(packed.ids(), packed.positions());
-        Ok(self.trunk(x, Layout::Packed(packed), dropout))
+        Ok(self.trunk(x, Layout::Packed(packed), dropout, at))
+    }
+
+    /// Features `(K, D)` of the tokens at flat positions `at` `(K,)` (into `B * T`) alone: rows
+    /// `at` of [`WaveNetwork::encode`], up to rounding, with the same dropout masks. The
+    /// last layer finishes only these tokens: a masked-LM step that supervises 15% of the tokens
+    /// runs that layer's map to real features and feed-forward block on 15% of them.
+    pub fn encode_at(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        at: &Tensor,
+        dropout: Option<&SampleNoise>,
+    ) -> Result<Tensor, Error> {
+        self.run_padded(ids, mask, dropout, Some(at))
+    }
+
+    /// [`WaveNetwork::encode_at`] of a packed batch: `at` indexes its `N` tokens.
+    pub fn encode_packed_at(
+        &self,
+        packed: &Packed,
+        at: &Tensor,
+        dropout: Option<&SampleNoise>,
+    ) -> Result<Tensor, Error> {
+        self.run_packed(packed, dropout, Some(at))
     }
 
     /// Pooled features `(B, D)`: masked mean, or the first token. Fully masked rows give zeros.
@@ -420,28 +594,47 @@ impl WaveNetwork {
     /// gathered positions a loss needs), from the head tied to the token embedding:
     /// `LayerNorm(GELU(h W + b)) E^T / sqrt(d) + bias`.
     pub fn lm_logits(&self, features: &Tensor) -> Result<Tensor, Error> {
+        let hidden = self.lm_hidden(features)?;
+        let projection = self.lm_projection()?;
+        let logits = in_compute(&hidden, self.compute).matmul(&projection.table_in_compute().tr());
+        Ok(logits.to_kind(hidden.kind()) * projection.scale + projection.bias)
+    }
+
+    /// The language-model head's hidden states `LayerNorm(GELU(h W + b))` `(..., D)` of token
+    /// features `(..., D)`, in their kind: what [`LmProjection`] maps to vocabulary logits.
+    pub fn lm_hidden(&self, features: &Tensor) -> Result<Tensor, Error> {
         let OutputHead::Tokens {
-            transform,
-            norm,
-            bias,
+            transform, norm, ..
         } = &self.head
         else {
             return Err(Error::BadInput(
                 "token logits need a masked_lm or causal_lm head".into(),
             ));
         };
-        let kind = features.kind();
-        let h = norm.forward(
+        Ok(norm.forward(
             &project(transform, features, self.compute)
                 .gelu("none")
-                .to_kind(kind),
-        );
-        // The embedding rows are N(0, 1) (PyTorch's default, kept for the input side), so h·e has
-        // variance d: scaling by 1/sqrt(d) starts the logits at unit scale (loss ≈ ln V).
-        let scale = 1.0 / (self.cfg.d_model as f64).sqrt();
-        let table = in_compute(&self.token_embedding.ws, self.compute);
-        let logits = in_compute(&h, self.compute).matmul(&table.tr());
-        Ok(logits.to_kind(kind) * scale + bias)
+                .to_kind(features.kind()),
+        ))
+    }
+
+    /// The language-model head's output projection, tied to the token embedding, for a loss that
+    /// computes the logits and their gradients itself.
+    pub fn lm_projection(&self) -> Result<LmProjection<'_>, Error> {
+        let OutputHead::Tokens { bias, .. } = &self.head else {
+            return Err(Error::BadInput(
+                "token logits need a masked_lm or causal_lm head".into(),
+            ));
+        };
+        Ok(LmProjection {
+            table: &self.token_embedding.ws,
+            bias,
+            // The embedding rows are N(0, 1) (PyTorch's default, kept for the input side), so
+            // h·e has variance d: scaling by 1/sqrt(d) starts the logits at unit scale
+            // (loss ≈ ln V).
+            scale: 1.0 / (self.cfg.d_model as f64).sqrt(),
+            compute: self.compute,
+        })
     }
 
     /// Vocabulary logits `(B, T, V)` at every position (tests and small inputs; training gathers

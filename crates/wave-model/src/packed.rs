@@ -219,6 +219,46 @@ impl Layout<'_> {
         }
     }
 
+    /// Rows `at` of token features `x` as `(K, D)`: `at` holds flat token indices (into `B * T`
+    /// padded, into `N` packed), as the token objectives address their targets.
+    pub fn gather(&self, x: &Tensor, at: &Tensor) -> Tensor {
+        let d = x.size().last().copied().unwrap_or(0);
+        // `embedding`, not `index_select`: its backward is deterministic on CUDA too.
+        Tensor::embedding(&x.reshape([-1, d]), at, -1, false, false)
+    }
+
+    /// Gathered features `x` `(K, D)` of the tokens at `at` with padding zeroed, as
+    /// [`Layout::mask`] zeroes it in the whole batch.
+    pub fn mask_at(&self, x: Tensor, at: &Tensor) -> Tensor {
+        match self {
+            Layout::Padded(mask) => x * self.gather(mask, at),
+            Layout::Packed(_) => x,
+        }
+    }
+
+    /// Dropout of gathered features `x` `(K, D)` of the tokens at `at`: the same masks as
+    /// [`Layout::dropout`] draws for those tokens in the whole batch.
+    pub fn dropout_at(
+        &self,
+        noise: &SampleNoise,
+        x: &Tensor,
+        p: f64,
+        stream: u64,
+        at: &Tensor,
+    ) -> Tensor {
+        let (rows, positions) = match self {
+            Layout::Padded(mask) => {
+                let t = mask.size()[1].max(1);
+                (at.floor_divide_scalar(t), at.remainder(t))
+            }
+            Layout::Packed(packed) => (
+                packed.rows().index_select(0, at),
+                packed.positions().index_select(0, at),
+            ),
+        };
+        noise.dropout_at(x, p, stream, &rows, &positions)
+    }
+
     /// Dropout of layer output `x` with probability `p` from `stream` of `noise`, keyed by each
     /// token's (sample, position, feature) in either layout, so both draw the same masks.
     pub fn dropout(&self, noise: &SampleNoise, x: &Tensor, p: f64, stream: u64) -> Tensor {

@@ -12,18 +12,22 @@
 //!   [`wave_model::noise`] keyed by (seed, step, global sample index, position), so a resumed run and
 //!   an N-rank run mask exactly what the uninterrupted 1-rank run masks. Evaluation uses one fixed
 //!   mask (seed [`EVAL_MASK_SEED`], step [`EVAL_MASK_STEP`]). The vocabulary head runs only on the
-//!   selected positions (gathered first): its cost scales with the masked tokens.
+//!   selected positions (gathered first): its cost scales with the masked tokens. So does most of
+//!   the last wave layer: its global norms need every token, but its map to real features and its
+//!   feed-forward block run on the selected tokens only ([`WaveNetwork::encode_at`]), which at
+//!   d = 768 removes about 28% of a masked-LM step's matrix products.
 //! - **Causal LM**: the wave layer's norms become prefix norms (position `j` sees tokens `<= j`),
 //!   and every real position that has a real successor predicts it. Packed rows are one stream:
 //!   documents are joined by `[SEP]` at prepare time, the prefix norms run across the whole row, and
 //!   the token after a separator is predicted like any other (GPT-2-style packing).
 //!
 //! Both token objectives compute the loss in chunks of positions with a split backward pass
-//! ([`token_loss`]): features are detached, each chunk's logits are built, reduced and
+//! ([`TokenLoss`]): features are detached, each chunk's logits are built, reduced and
 //! back-propagated into the head at once, and the accumulated feature gradient is then sent
 //! through the trunk in one pass. Peak memory of the loss is one chunk's `(rows, vocab)` logits,
 //! not `batch x length x vocab`.
 
+use std::cell::RefCell;
 use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
@@ -41,9 +45,9 @@ use crate::Error;
 pub const EVAL_MASK_SEED: u64 = 0x5EED_E7A1;
 /// "Step" of the fixed masked-LM evaluation mask.
 pub const EVAL_MASK_STEP: u64 = u64::MAX;
-/// Logits computed at once by the chunked token loss (`rows x vocab`, 16 MiB in fp32). Below
-/// glibc's largest mmap threshold (32 MiB), so the chunk buffers are reused from the heap instead
-/// of being mapped and page-faulted afresh for every chunk.
+/// Logits computed at once by the chunked token loss (`rows x vocab`, 16 MiB in fp32), unless
+/// `d` rows are more. Below glibc's largest mmap threshold (32 MiB), so the chunk buffers are
+/// reused from the heap instead of being mapped and page-faulted afresh for every chunk.
 const LOSS_CHUNK_LOGITS: i64 = 1 << 22;
 
 /// `train.objective`.
@@ -103,9 +107,9 @@ pub enum Objective {
     /// Sequence classification.
     Classification,
     /// Masked LM with its masking rule.
-    MaskedLm(MaskRule),
+    MaskedLm(MaskRule, TokenLoss),
     /// Causal LM.
-    CausalLm,
+    CausalLm(TokenLoss),
 }
 
 /// What one evaluated micro-batch adds up to.
@@ -185,11 +189,17 @@ impl Prepared {
         })
     }
 
-    /// Features of every token: `(B, T, D)` padded or `(N, D)` packed.
-    fn encode(&self, net: &WaveNetwork, dropout: Option<&SampleNoise>) -> Result<Tensor, Error> {
+    /// Features `(K, D)` of the tokens at `index` (flat positions into `(B * T)` padded, or
+    /// indices of the packed tokens): the network finishes only those.
+    fn encode_at(
+        &self,
+        net: &WaveNetwork,
+        index: &Tensor,
+        dropout: Option<&SampleNoise>,
+    ) -> Result<Tensor, Error> {
         Ok(match &self.packed {
-            Some(packed) => net.encode_packed(packed, dropout)?,
-            None => net.encode(&self.ids, &self.mask, dropout)?,
+            Some(packed) => net.encode_packed_at(packed, index, dropout)?,
+            None => net.encode_at(&self.ids, &self.mask, index, dropout)?,
         })
     }
 
@@ -227,20 +237,28 @@ impl Objective {
         ids.push(i64::from(mask_id));
         ids.sort_unstable();
         ids.dedup();
-        Objective::MaskedLm(MaskRule {
-            mask_id: i64::from(mask_id),
-            vocab: vocab as i64,
-            special: Tensor::from_slice(&ids).to(device),
-            rate,
-        })
+        Objective::MaskedLm(
+            MaskRule {
+                mask_id: i64::from(mask_id),
+                vocab: vocab as i64,
+                special: Tensor::from_slice(&ids).to(device),
+                rate,
+            },
+            TokenLoss::default(),
+        )
+    }
+
+    /// Causal LM.
+    pub fn causal_lm() -> Objective {
+        Objective::CausalLm(TokenLoss::default())
     }
 
     /// Which objective this is.
     pub fn kind(&self) -> ObjectiveKind {
         match self {
             Objective::Classification => ObjectiveKind::Classification,
-            Objective::MaskedLm(_) => ObjectiveKind::MaskedLm,
-            Objective::CausalLm => ObjectiveKind::CausalLm,
+            Objective::MaskedLm(..) => ObjectiveKind::MaskedLm,
+            Objective::CausalLm(_) => ObjectiveKind::CausalLm,
         }
     }
 
@@ -259,7 +277,7 @@ impl Objective {
         let t = ids.size()[1];
         let (ids, target) = match self {
             Objective::Classification => (ids, Target::Rows(labels)),
-            Objective::CausalLm => {
+            Objective::CausalLm(_) => {
                 // Position j predicts j + 1 wherever both are real tokens.
                 let next_real = mask.narrow(1, 1, t - 1).ne(0);
                 let flat = Tensor::arange(ids.numel() as i64, (Kind::Int64, device))
@@ -275,7 +293,7 @@ impl Objective {
                     },
                 )
             }
-            Objective::MaskedLm(rule) => {
+            Objective::MaskedLm(rule, _) => {
                 let eligible =
                     mask.ne(0)
                         .logical_and(&Tensor::isin(&ids, &rule.special, true, true));
@@ -318,6 +336,23 @@ impl Objective {
         }
     }
 
+    /// Frees what only training steps need (the token loss's logits buffer).
+    pub fn release_buffers(&self) {
+        if let Ok(loss) = self.tokens() {
+            loss.release();
+        }
+    }
+
+    /// The token loss of a language-model objective.
+    fn tokens(&self) -> Result<&TokenLoss, Error> {
+        match self {
+            Objective::MaskedLm(_, loss) | Objective::CausalLm(loss) => Ok(loss),
+            Objective::Classification => Err(Error::Model(wave_model::Error::BadInput(
+                "token targets need a language-model objective".into(),
+            ))),
+        }
+    }
+
     /// Training: forward with dropout, the summed loss over the supervised units, and its
     /// gradient scaled by `scale` (1 / the global unit count) accumulated into the parameters.
     /// Returns the unscaled loss sum.
@@ -336,8 +371,8 @@ impl Objective {
                 Ok(loss.double_value(&[]))
             }
             Target::Tokens { index, ids } => {
-                let features = p.encode(net, Some(&p.noise))?;
-                Ok(token_loss(net, &features, index, ids, Some(scale))?.0)
+                let features = p.encode_at(net, index, Some(&p.noise))?;
+                Ok(self.tokens()?.compute(net, &features, ids, Some(scale))?.0)
             }
         }
     }
@@ -371,8 +406,8 @@ impl Objective {
                     (loss, correct)
                 }
                 Target::Tokens { index, ids } => {
-                    let features = p.encode(net, None)?;
-                    token_loss(net, &features, index, ids, None)?
+                    let features = p.encode_at(net, index, None)?;
+                    self.tokens()?.compute(net, &features, ids, None)?
                 }
             };
             Ok(EvalSums {
@@ -385,57 +420,133 @@ impl Objective {
     }
 }
 
-/// Cross-entropy of the vocabulary head at flat positions `index` (into `features` viewed as
-/// `(B * T, D)` padded, or `(N, D)` packed) against `targets`, summed, in chunks of positions. With `scale`, back-propagates
-/// `scale * loss` (head per chunk, then the trunk once); without, only evaluates. Returns the loss
-/// sum and the number of arg-max hits (counted only when evaluating).
-pub fn token_loss(
-    net: &WaveNetwork,
-    features: &Tensor,
-    index: &Tensor,
-    targets: &Tensor,
-    scale: Option<f64>,
-) -> Result<(f64, i64), Error> {
-    let d = features.size().last().copied().unwrap_or(0);
-    let n = index.numel() as i64;
-    if n == 0 {
-        return Ok((0.0, 0));
+/// The cross-entropy of the vocabulary head over gathered tokens, in chunks of tokens, with the
+/// tied projection's backward pass written out.
+///
+/// Autograd would build, per chunk, the logits, their log-softmax, the gradient of each and a
+/// fresh `(V, D)` gradient for the embedding table, then add that into the table's `.grad`: five
+/// buffers of tens of MB, each mapped and page-faulted anew every step. Here the chunk's logits
+/// go into one buffer kept from step to step, become `softmax - one_hot` in place, and the
+/// table's gradient is accumulated into its `.grad` by one `addmm_`. Autograd still runs the
+/// head's transform and layer norm and, once at the end, the trunk.
+#[derive(Debug, Default)]
+pub struct TokenLoss {
+    logits: RefCell<Option<Tensor>>,
+}
+
+impl TokenLoss {
+    /// Cross-entropy of the supervised tokens' features `gathered` `(K, D)` against `targets`
+    /// `(K,)`, summed. With `scale`, back-propagates `scale * loss` into the head, the embedding
+    /// table and, through `gathered`, the trunk; without, only evaluates. Returns the loss sum and
+    /// the number of arg-max hits (counted only when evaluating).
+    pub fn compute(
+        &self,
+        net: &WaveNetwork,
+        gathered: &Tensor,
+        targets: &Tensor,
+        scale: Option<f64>,
+    ) -> Result<(f64, i64), Error> {
+        let (n, d) = match gathered.size().as_slice() {
+            &[n, d] => (n, d),
+            other => {
+                return Err(Error::Model(wave_model::Error::BadInput(format!(
+                    "the token loss needs gathered features (tokens, d), got {other:?}"
+                ))))
+            }
+        };
+        if n == 0 {
+            return Ok((0.0, 0));
+        }
+        let projection = net.lm_projection()?;
+        let vocab = projection.table.size()[0];
+        // Training: at least d tokens per chunk, since each chunk's backward is a pass over the
+        // whole (V, d) gradient of the table, and a smaller logits chunk saves less than it costs.
+        let chunk = match scale {
+            Some(_) => (LOSS_CHUNK_LOGITS / vocab).max(d),
+            None => (LOSS_CHUNK_LOGITS / vocab).max(1),
+        }
+        .min(n);
+        let buffer = self.buffer(chunk * vocab, projection.table.device());
+        // Backward through the head chunk by chunk into a detached copy of the features, then
+        // once through the trunk.
+        let detached = match scale {
+            Some(_) => gathered.detach().set_requires_grad(true),
+            None => gathered.shallow_clone(),
+        };
+        let (mut table_grad, mut bias_grad) = match scale {
+            Some(_) => (dense_grad(projection.table), dense_grad(projection.bias)),
+            None => (Tensor::new(), Tensor::new()),
+        };
+        let (mut loss_sum, mut correct) = (0.0, 0i64);
+        let mut start = 0;
+        while start < n {
+            let len = chunk.min(n - start);
+            let hidden = net.lm_hidden(&detached.narrow(0, start, len))?;
+            let target = targets.narrow(0, start, len);
+            let mut logits = buffer.narrow(0, 0, len * vocab).view([len, vocab]);
+            let hidden_grad = tch::no_grad(|| {
+                let h = hidden.detach();
+                projection.logits_into(&logits, &h);
+                let lse = logits.logsumexp([-1i64].as_slice(), false);
+                let picked = logits.gather(1, &target.unsqueeze(1), false).squeeze_dim(1);
+                loss_sum += (&lse - picked).sum(Kind::Double).double_value(&[]);
+                let Some(s) = scale else {
+                    correct += logits
+                        .argmax(-1, false)
+                        .eq_tensor(&target)
+                        .sum(Kind::Int64)
+                        .int64_value(&[]);
+                    return None;
+                };
+                // d(loss)/d(logits) = softmax - one_hot, in place; times `s` from here on.
+                let _ = logits.g_sub_(&lse.unsqueeze(1)).exp_();
+                let minus_one = Tensor::full([len, 1], -1.0, (Kind::Float, logits.device()));
+                let _ = logits.scatter_add_(1, &target.unsqueeze(1), &minus_one);
+                let _ = bias_grad
+                    .g_add_(&(logits.sum_dim_intlist([0i64].as_slice(), false, Kind::Float) * s));
+                let alpha = s * projection.scale;
+                projection.add_product(&mut table_grad, &logits.tr(), &h, alpha);
+                Some(projection.product(&logits, projection.table) * alpha)
+            });
+            if let Some(grad) = hidden_grad {
+                // Through the head's transform and norm, into their weights and `detached`.
+                (hidden * grad).sum(Kind::Float).backward();
+            }
+            start += len;
+        }
+        if scale.is_some() {
+            // d(loss)/d(features) now sits in detached.grad(); a surrogate whose gradient with
+            // respect to `gathered` is exactly that carries it through the trunk.
+            (gathered * detached.grad()).sum(Kind::Float).backward();
+        }
+        Ok((loss_sum, correct))
     }
-    let gathered = features.view([-1, d]).index_select(0, index);
-    let vocab = net.config().vocab_size.max(1) as i64;
-    let chunk = (LOSS_CHUNK_LOGITS / vocab).max(64);
-    // Backward through the head chunk by chunk into a detached copy of the features, then once
-    // through the trunk: only one chunk's logits are alive at a time.
-    let detached = match scale {
-        Some(_) => gathered.detach().set_requires_grad(true),
-        None => gathered.shallow_clone(),
-    };
-    let (mut loss_sum, mut correct) = (0.0, 0i64);
-    let mut start = 0;
-    while start < n {
-        let len = chunk.min(n - start);
-        let logits = net
-            .lm_logits(&detached.narrow(0, start, len))?
-            .to_kind(Kind::Float);
-        let target = targets.narrow(0, start, len);
-        let loss = logits.cross_entropy_loss::<Tensor>(&target, None, Reduction::Sum, -100, 0.0);
-        loss_sum += loss.double_value(&[]);
-        match scale {
-            Some(s) => (loss * s).backward(),
-            None => {
-                correct += logits
-                    .argmax(-1, false)
-                    .eq_tensor(&target)
-                    .sum(Kind::Int64)
-                    .int64_value(&[])
+
+    /// Frees the logits buffer (the next call allocates one again).
+    pub fn release(&self) {
+        self.logits.borrow_mut().take();
+    }
+
+    /// The logits buffer, at least `numel` fp32 values on `device`.
+    fn buffer(&self, numel: i64, device: Device) -> Tensor {
+        let mut slot = self.logits.borrow_mut();
+        match slot.as_ref() {
+            Some(t) if t.numel() as i64 >= numel && t.device() == device => t.shallow_clone(),
+            _ => {
+                let t = Tensor::empty([numel], (Kind::Float, device));
+                *slot = Some(t.shallow_clone());
+                t
             }
         }
-        start += len;
     }
-    if scale.is_some() {
-        // d(loss)/d(features) now sits in detached.grad(); a surrogate whose gradient with respect
-        // to `gathered` is exactly that carries it through the trunk.
-        (gathered * detached.grad()).sum(Kind::Float).backward();
+}
+
+/// The `.grad` of a trainable tensor, created (dense, zero) where no backward pass has reached
+/// it yet, for a loss that accumulates into it in place.
+fn dense_grad(param: &Tensor) -> Tensor {
+    if !param.grad().defined() {
+        // What autograd does on a first backward pass: a zero-weighted sum creates the gradient.
+        (param.sum(Kind::Float) * 0.0).backward();
     }
-    Ok((loss_sum, correct))
+    param.grad()
 }

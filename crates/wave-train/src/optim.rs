@@ -5,6 +5,13 @@ use tch::{Kind, Tensor};
 
 use crate::config::{Schedule, TrainConfig};
 
+/// Elements per slice of the update. Each of the update's nine element-wise passes over a
+/// whole embedding-sized tensor would stream it through memory (tens of MB per operand);
+/// slice by slice, the four operands and the temporary (5 x 256 KiB) stay in cache between
+/// the passes. Every element goes through the same operations either way, so the result is
+/// the same bits (a multiple of every vector width, so vector bodies and tails fall alike).
+const SLICE: i64 = 1 << 16;
+
 /// One trainable parameter with its AdamW moments.
 struct Slot {
     name: String,
@@ -22,9 +29,8 @@ pub struct AdamW {
     eps: f64,
     weight_decay: f64,
     step: u64,
-    /// One reusable buffer for the update's temporaries (`grad * (1 - beta2)`, then the
-    /// denominator), as large as the largest parameter: the embedding's temporaries, freshly
-    /// allocated every step, cost more in page faults than the arithmetic on the CPU.
+    /// One reusable buffer of [`SLICE`] elements for the update's temporaries
+    /// (`grad * (1 - beta2)`, then the denominator).
     scratch: Option<Tensor>,
 }
 
@@ -76,60 +82,60 @@ impl AdamW {
     pub fn step(&mut self, lr: f64) {
         self.step += 1;
         let t = self.step as i32;
-        let bias1 = 1.0 - self.beta1.powi(t);
-        let bias2 = 1.0 - self.beta2.powi(t);
-        let step_size = lr / bias1;
-        // In-place updates, as torch.optim.AdamW's single-tensor path: the embedding alone is
-        // tens of millions of values, so every temporary costs a full pass over memory. The two
-        // temporaries are written into one reused buffer (`*_out`: the same kernels, so the same
-        // bits as fresh tensors).
-        let largest = self
-            .slots
-            .iter()
-            .map(|s| s.param.numel())
-            .max()
-            .unwrap_or(0);
-        let scratch = match self.scratch.take() {
-            Some(t) if t.numel() >= largest => t,
-            _ => match self.slots.first() {
-                Some(s) => Tensor::empty([largest as i64], (s.param.kind(), s.param.device())),
-                None => return,
-            },
+        let rule = Rule {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            bias2_sqrt: (1.0 - self.beta2.powi(t)).sqrt(),
+            step_size: lr / (1.0 - self.beta1.powi(t)),
         };
+        let decayed = 1.0 - lr * self.weight_decay;
+        let Some(first) = self.slots.first() else {
+            return;
+        };
+        let scratch = self.scratch.get_or_insert_with(|| {
+            Tensor::empty([SLICE], (first.param.kind(), first.param.device()))
+        });
         tch::no_grad(|| {
             for s in &mut self.slots {
                 let grad = s.param.grad();
                 if !grad.defined() {
                     continue;
                 }
-                let temp =
-                    if scratch.kind() == s.param.kind() && scratch.device() == s.param.device() {
-                        scratch
-                            .narrow(0, 0, s.param.numel() as i64)
-                            .view(s.param.size().as_slice())
-                    } else {
-                        s.param.empty_like()
-                    };
-                if s.decay && self.weight_decay > 0.0 {
-                    let _ = s.param.g_mul_scalar_(1.0 - lr * self.weight_decay);
+                let decay = (s.decay && self.weight_decay > 0.0).then_some(decayed);
+                let operands = [&s.param, &grad, &s.exp_avg, &s.exp_avg_sq];
+                let sliceable = scratch.kind() == s.param.kind()
+                    && scratch.device() == s.param.device()
+                    && operands.iter().all(|t| t.is_contiguous());
+                if !sliceable {
+                    let temp = s.param.empty_like();
+                    rule.apply(&s.param, &grad, &s.exp_avg, &s.exp_avg_sq, &temp, decay);
+                    continue;
                 }
-                let _ = s.exp_avg.lerp_(&grad, 1.0 - self.beta1);
-                let scaled = grad.mul_scalar_out(&temp, 1.0 - self.beta2);
-                let _ = s
-                    .exp_avg_sq
-                    .g_mul_scalar_(self.beta2)
-                    .addcmul_(&grad, &scaled);
-                // param -= step_size * exp_avg / (sqrt(exp_avg_sq / bias2) + eps), with the
-                // negative step folded into the denominator so addcdiv_ can run in place.
-                let mut denom = s.exp_avg_sq.sqrt_out(&temp);
-                let _ = denom
-                    .g_div_scalar_(bias2.sqrt())
-                    .g_add_scalar_(self.eps)
-                    .g_div_scalar_(-step_size);
-                let _ = s.param.addcdiv_(&s.exp_avg, &denom);
+                let [param, grad, exp_avg, exp_avg_sq] = operands.map(|t| t.view([-1]));
+                let numel = param.numel() as i64;
+                let mut start = 0;
+                while start < numel {
+                    let len = SLICE.min(numel - start);
+                    let [p, g, m, v] =
+                        [&param, &grad, &exp_avg, &exp_avg_sq].map(|t| t.narrow(0, start, len));
+                    rule.apply(&p, &g, &m, &v, &scratch.narrow(0, 0, len), decay);
+                    start += len;
+                }
             }
         });
-        self.scratch = Some(scratch);
+    }
+
+    /// Frees the gradients' memory once no step follows: each `.grad` becomes an empty tensor
+    /// (a later backward pass into it would fail on its shape).
+    pub fn release_gradients(&mut self) {
+        for s in &mut self.slots {
+            let mut grad = s.param.grad();
+            if grad.defined() {
+                let _ = grad.set_();
+            }
+        }
+        self.scratch = None;
     }
 
     /// Clears all gradients.
@@ -208,6 +214,50 @@ impl AdamW {
         }
         self.step = step;
         Ok(())
+    }
+}
+
+/// The update of one optimizer step, applied to a whole tensor or to one slice of it.
+struct Rule {
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    bias2_sqrt: f64,
+    step_size: f64,
+}
+
+impl Rule {
+    /// Updates `param`, `exp_avg` and `exp_avg_sq` in place from `grad`, as torch.optim.AdamW's
+    /// single-tensor path does: `decay` is the weight-decay factor `1 - lr * wd` where it applies;
+    /// `temp` (same shape) holds the temporaries, so no pass allocates.
+    fn apply(
+        &self,
+        param: &Tensor,
+        grad: &Tensor,
+        exp_avg: &Tensor,
+        exp_avg_sq: &Tensor,
+        temp: &Tensor,
+        decay: Option<f64>,
+    ) {
+        let (mut param, mut exp_avg, mut exp_avg_sq) = (
+            param.shallow_clone(),
+            exp_avg.shallow_clone(),
+            exp_avg_sq.shallow_clone(),
+        );
+        if let Some(factor) = decay {
+            let _ = param.g_mul_scalar_(factor);
+        }
+        let _ = exp_avg.lerp_(grad, 1.0 - self.beta1);
+        let scaled = grad.mul_scalar_out(temp, 1.0 - self.beta2);
+        let _ = exp_avg_sq.g_mul_scalar_(self.beta2).addcmul_(grad, &scaled);
+        // param -= step_size * exp_avg / (sqrt(exp_avg_sq / bias2) + eps), with the negative
+        // step folded into the denominator so addcdiv_ can run in place.
+        let mut denom = exp_avg_sq.sqrt_out(temp);
+        let _ = denom
+            .g_div_scalar_(self.bias2_sqrt)
+            .g_add_scalar_(self.eps)
+            .g_div_scalar_(-self.step_size);
+        let _ = param.addcdiv_(&exp_avg, &denom);
     }
 }
 

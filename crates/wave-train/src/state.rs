@@ -155,7 +155,7 @@ pub fn build_objective(
 ) -> Result<Objective, Error> {
     Ok(match cfg.objective() {
         ObjectiveKind::Classification => Objective::Classification,
-        ObjectiveKind::CausalLm => Objective::CausalLm,
+        ObjectiveKind::CausalLm => Objective::causal_lm(),
         ObjectiveKind::MaskedLm => {
             let enc = encoder.ok_or_else(|| {
                 Error::Config("train.objective = \"masked_lm\" needs data.tokenizer (its [MASK] id and special tokens)".into())

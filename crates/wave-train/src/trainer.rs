@@ -264,6 +264,10 @@ fn run(
         None => {}
     }
 
+    // No step follows: the gradients and the loss's buffers go before the final checkpoint is
+    // serialised, so its copy of the weights and optimizer state does not raise the run's peak.
+    state.opt.release_gradients();
+    state.objective.release_buffers();
     // The final checkpoint uploads while the final evaluation runs; the wait for it comes after
     // the last collective, so no peer times out while rank 0 waits for the store.
     saves.submit_final(&state, &out.last_metrics)?;

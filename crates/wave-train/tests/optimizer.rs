@@ -135,9 +135,10 @@ fn learning_rate_warms_up_linearly_then_decays_to_min_lr() {
 }
 
 #[test]
-fn adamw_with_a_reused_buffer_gives_the_bits_of_fresh_temporaries() {
-    // The update as it reads with fresh temporaries (the form the PyTorch pins above were written
-    // for); the optimizer writes them into one reused buffer and must not change a bit.
+fn adamw_slice_by_slice_gives_the_bits_of_the_whole_tensor_update() {
+    // The update as it reads on whole tensors with fresh temporaries (the form the PyTorch pins
+    // above were written for); the optimizer runs it slice by slice through one reused buffer
+    // and must not change a bit.
     fn reference(p: &Tensor, m: &mut Tensor, v: &mut Tensor, g: &Tensor, t: i32) {
         let (lr, b1, b2, eps) = (3e-3, 0.9f64, 0.999f64, 1e-8);
         // Weight decay (0.01) applies to matrices only.
@@ -160,8 +161,9 @@ fn adamw_with_a_reused_buffer_gives_the_bits_of_fresh_temporaries() {
     }
     tch::manual_seed(3);
     let opts = (Kind::Float, Device::Cpu);
-    // Shapes of different sizes share the buffer; odd sizes exercise the kernels' scalar tails.
-    let shapes: [&[i64]; 3] = [&[1001, 37], &[37, 5], &[13]];
+    // The first shape spans three slices (65,536 elements each) and a partial fourth; odd sizes
+    // exercise the kernels' scalar tails.
+    let shapes: [&[i64]; 3] = [&[5001, 37], &[37, 5], &[13]];
     let params: Vec<Tensor> = shapes
         .iter()
         .map(|s| Tensor::randn(*s, opts).set_requires_grad(true))
