@@ -13,7 +13,8 @@
 //! ```no_run
 //! use wave_train::{train, JobConfig};
 //! let cfg = JobConfig::load("configs/smoke.toml".as_ref(), &["train.max_steps=20".into()])?;
-//! let summary = train(&cfg)?;
+//! // Nothing to hand back to the allocator at the end (see `train`).
+//! let summary = train(&cfg, &|| {})?;
 //! println!("{}", serde_json::to_string(&summary).unwrap_or_default());
 //! # Ok::<(), wave_train::Error>(())
 //! ```

@@ -86,7 +86,12 @@ pub struct RunSummary {
 /// Ranks come from the launcher's environment (world size 1 without one). With several ranks,
 /// an error on any rank aborts the whole job at once, naming that rank, rather than leaving the
 /// others waiting in a collective.
-pub fn train(cfg: &JobConfig) -> Result<RunSummary, Error> {
+///
+/// `return_free_memory` is called once no training step follows, before the final checkpoint
+/// copies the model and optimizer state out: the binary passes a function that hands its
+/// allocator's cached free pages back to the kernel, so that copy does not stack on them and
+/// raise the run's peak memory (pass `&|| {}` where there is nothing to hand back).
+pub fn train(cfg: &JobConfig, return_free_memory: &dyn Fn()) -> Result<RunSummary, Error> {
     let info = RankInfo::from_env()?;
     let device = match parse_device(&cfg.train.device)? {
         // One GPU per rank on a node.
@@ -124,7 +129,7 @@ pub fn train(cfg: &JobConfig) -> Result<RunSummary, Error> {
             Err(e) => comm.abort(&e.to_string(), 1),
         }
     }
-    match run(cfg, &comm, device, &signal) {
+    match run(cfg, &comm, device, &signal, return_free_memory) {
         Err(e) if comm.world_size() > 1 => comm.abort(&e.to_string(), 1),
         result => result,
     }
@@ -135,6 +140,7 @@ fn run(
     comm: &Communicator,
     device: Device,
     signal: &StopSignal,
+    return_free_memory: &dyn Fn(),
 ) -> Result<RunSummary, Error> {
     let t = &cfg.train;
     let world = comm.world_size();
@@ -268,6 +274,7 @@ fn run(
     // serialised, so its copy of the weights and optimizer state does not raise the run's peak.
     state.opt.release_gradients();
     state.objective.release_buffers();
+    return_free_memory();
     // The final checkpoint uploads while the final evaluation runs; the wait for it comes after
     // the last collective, so no peer times out while rank 0 waits for the store.
     saves.submit_final(&state, &out.last_metrics)?;
