@@ -208,11 +208,6 @@ pub struct LmProjection<'a> {
 }
 
 impl LmProjection<'_> {
-    /// The table as the product takes it: cast to bfloat16 when the products run in it.
-    pub fn table_in_compute(&self) -> Tensor {
-        in_compute(self.table, self.compute)
-    }
-
     /// `a @ b` with `a` and `b` cast to the compute kind, returned in fp32.
     pub fn product(&self, a: &Tensor, b: &Tensor) -> Tensor {
         in_compute(a, self.compute)
@@ -235,8 +230,18 @@ impl LmProjection<'_> {
         }
     }
 
-    /// `out = bias + (scale * hidden) @ table^T`, the logits of `hidden` `(K, D)` into fp32
-    /// `out` `(K, V)` (in fp32 without a temporary).
+    /// `bias + (scale * hidden) @ table^T`: the logits `(K, V)` of hidden states `(K, D)`, with
+    /// gradients (in the kind of `hidden` for fp32 products, fp32 for bfloat16 ones).
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+        let hidden = hidden * self.scale;
+        match self.compute {
+            Kind::BFloat16 => self.product(&hidden, &self.table.tr()) + self.bias,
+            _ => self.bias.addmm(&hidden, &self.table.tr()),
+        }
+    }
+
+    /// [`LmProjection::logits`] written into fp32 `out` `(K, V)` (in fp32 without a temporary),
+    /// without gradients.
     pub fn logits_into(&self, out: &Tensor, hidden: &Tensor) {
         let hidden = hidden * self.scale;
         match self.compute {
@@ -417,8 +422,8 @@ impl WaveNetwork {
     ) -> Tensor {
         let mut x = layout.mask(x);
         let last = self.layers.len().checked_sub(1);
+        let p = self.cfg.dropout;
         for (l, layer) in self.layers.iter().enumerate() {
-            let p = self.cfg.dropout;
             if let (Some(at), true) = (at, Some(l) == last) {
                 let out = layer.forward_at(&x, layout, &self.cfg, self.compute, at);
                 let out = match dropout {
@@ -595,9 +600,17 @@ impl WaveNetwork {
     /// `LayerNorm(GELU(h W + b)) E^T / sqrt(d) + bias`.
     pub fn lm_logits(&self, features: &Tensor) -> Result<Tensor, Error> {
         let hidden = self.lm_hidden(features)?;
-        let projection = self.lm_projection()?;
-        let logits = in_compute(&hidden, self.compute).matmul(&projection.table_in_compute().tr());
-        Ok(logits.to_kind(hidden.kind()) * projection.scale + projection.bias)
+        let size = hidden.size();
+        let (leading, d) = size.split_at(size.len().saturating_sub(1));
+        let logits = self
+            .lm_projection()?
+            .logits(&hidden.reshape([-1, d.first().copied().unwrap_or(0)]));
+        let shape: Vec<i64> = leading
+            .iter()
+            .copied()
+            .chain([self.cfg.vocab_size as i64])
+            .collect();
+        Ok(logits.view(shape.as_slice()))
     }
 
     /// The language-model head's hidden states `LayerNorm(GELU(h W + b))` `(..., D)` of token

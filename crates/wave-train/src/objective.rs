@@ -46,8 +46,7 @@ pub const EVAL_MASK_SEED: u64 = 0x5EED_E7A1;
 /// "Step" of the fixed masked-LM evaluation mask.
 pub const EVAL_MASK_STEP: u64 = u64::MAX;
 /// Logits computed at once by the chunked token loss (`rows x vocab`, 16 MiB in fp32), unless
-/// `d` rows are more. Below glibc's largest mmap threshold (32 MiB), so the chunk buffers are
-/// reused from the heap instead of being mapped and page-faulted afresh for every chunk.
+/// `d` rows are more when training (see [`TokenLoss::compute`]): the size of its logits buffer.
 const LOSS_CHUNK_LOGITS: i64 = 1 << 22;
 
 /// `train.objective`.
