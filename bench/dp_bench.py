@@ -15,8 +15,10 @@ peer, the bytes with the dense all-reduce.
 """
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -41,6 +43,8 @@ def main():
     args = p.parse_args()
     binary = os.environ.get("WAVE_DIST_BIN", "target/release/wave-dist")
     work = tempfile.mkdtemp(prefix="wave-dp-bench-")
+    # Runs, checkpoints and copies of the data add up to gigabytes: gone however this exits.
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
     raw_bin = os.path.join(work, "raw_allreduce")
     subprocess.run(["mpicc", "-O2", "-o", raw_bin, "bench/raw_allreduce.c"], check=True)
 

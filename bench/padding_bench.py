@@ -11,8 +11,10 @@ as they are; its results equal the padded path's up to rounding.
 """
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -37,6 +39,8 @@ def main():
     args = p.parse_args()
     binary = os.environ.get("WAVE_DIST_BIN", "target/release/wave-dist")
     work = tempfile.mkdtemp(prefix="wave-padding-bench-")
+    # Runs, checkpoints and copies of the data add up to gigabytes: gone however this exits.
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
     variants = [
         ("padded", ["train.unpadded=false"]),
         ("bucketed by length", ["train.unpadded=false", "data.bucket_by_length=true"]),

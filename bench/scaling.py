@@ -35,8 +35,10 @@ throughput (no GPU was lent when this was written: see the assumptions in the re
 """
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -246,6 +248,8 @@ def sparse_local_s(vocab, d, union, reps=3):
 def measure(args):
     binary = os.environ.get("WAVE_DIST_BIN", "target/release/wave-dist")
     work = tempfile.mkdtemp(prefix="wave-scaling-")
+    # Runs, checkpoints and copies of the data add up to gigabytes: gone however this exits.
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
     raw_bin = os.path.join(work, "raw_allreduce")
     subprocess.run(["mpicc", "-O2", "-o", raw_bin, "bench/raw_allreduce.c"], check=True)
     rows = token_ids(args.data)

@@ -10,8 +10,10 @@ first (warm-up). Variants alternate for --rounds rounds; medians are reported.
 """
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -54,6 +56,8 @@ def main():
     binary = os.environ.get("WAVE_DIST_BIN", "target/release/wave-dist")
     cores = os.cpu_count()
     work = tempfile.mkdtemp(prefix="wave-threads-bench-")
+    # Runs, checkpoints and copies of the data add up to gigabytes: gone however this exits.
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
     variants = [
         ("1 rank, default threads", 1, 0),
         ("2 ranks, default threads", 2, 0),

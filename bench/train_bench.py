@@ -12,8 +12,10 @@ with its defaults (unpadded batches); `--set train.unpadded=false` measures the 
 """
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,6 +62,8 @@ def main():
     args = p.parse_args()
     binary = os.environ.get("WAVE_DIST_BIN", "target/release/wave-dist")
     run_dir = tempfile.mkdtemp(prefix="wave-bench-")
+    # Runs, checkpoints and copies of the data add up to gigabytes: gone however this exits.
+    atexit.register(shutil.rmtree, run_dir, ignore_errors=True)
     total = args.warmup_steps + args.steps
     ours_cmd = [binary, "train", "--config", args.config,
                 "--set", f"data.uri={json.dumps(args.data)}", "--set", "data.shuffle=false",
